@@ -200,6 +200,7 @@ class GoFaxConfig:
     retry_lifetime_seconds: float = field(default=86_400, metadata=_check(_positive))
     retry_initial_seconds: float = field(default=5, metadata=_check(_positive))
     retry_max_seconds: float = field(default=900, metadata=_check(_positive))
+    status_lifetime_seconds: float = field(default=259_200, metadata=_check(_positive))
     sandbox_fax_seconds: float = field(default=5, metadata=_check(_non_negative))
 
     @property

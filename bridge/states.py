@@ -36,7 +36,8 @@ _ALLOWED: dict[State, frozenset[State]] = {
     # created (queued), a permanent refusal (failed), the answer was lost (uncertain), 401 (held).
     State.SUBMITTING: frozenset({State.SUBMITTED, State.QUEUED, State.FAILED, State.UNCERTAIN,
                                  State.HELD}),
-    State.SUBMITTED: frozenset({State.SENT, State.FAILED}),
+    # Uncertain from submitted: GoFax never gave a final status within the status lifetime.
+    State.SUBMITTED: frozenset({State.SENT, State.FAILED, State.UNCERTAIN}),
     State.HELD: frozenset({State.QUEUED}),
     # Only by an operator's decision.
     State.UNCERTAIN: frozenset({State.QUEUED, State.SENT, State.FAILED}),
