@@ -20,17 +20,15 @@ MASK = "***"
 # ordinary words while protecting nothing worth protecting.
 MIN_SECRET_LENGTH = 4
 
-# token=<value> in a query string, a form body or free text. The value ends at "&",
-# whitespace, a quote or a closing bracket (repr of a URL inside a tuple or dict).
-_QUERY_TOKEN = re.compile(r"(?i)(\btoken=)[^&\s\"'<>)\]}]+")
+# token=<value> in a query string, a form body or free text (also access_token=, api_token=).
+# The value ends at "&", whitespace, a quote or a closing bracket (a URL inside a repr).
+_QUERY_TOKEN = re.compile(r"(?i)(token=)[^&\s\"'<>)\]}]+")
 
 # "x-api-token: value", "'x-api-token': 'value'", "x-api-token=value" (header dumps, dict reprs).
 _HEADER_TOKEN = re.compile(r"(?i)(x-api-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+")
 
 # "Authorization: Basic dXNlcjpwYXNz" / "Bearer …", in header dumps or dict reprs.
-_AUTH_HEADER = re.compile(
-    r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer)\s+)[^\s\"',;}]+"
-)
+_AUTH_HEADER = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer)\s+)[^\s\"',;}]+")
 
 _registered: set[str] = set()
 _lock = threading.Lock()
