@@ -1,0 +1,73 @@
+"""Envelope recipients → fax/SMS numbers, or the exact SMTP refusal. Pure.
+
+Only ``<number>@<fax_domain>`` and ``<number>@<sms_domain>`` are ours; every other address is
+relaying and refused ``550 5.7.1``. The domain must match exactly (case-insensitively): not
+as a suffix (``fax.local.evil.com``), not with a trailing dot, not via ``%``-hacks in the local
+part (a ``%`` is not a phone-number character, so the number check refuses it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge import replies
+from bridge.numbers import NumberError, PhoneNumber, parse_number
+from bridge.replies import Refused
+
+__all__ = ["Recipient", "parse_recipient", "unique_by_number"]
+
+Kind = Literal["fax", "sms"]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    kind: Kind
+    address: str  # as given in RCPT TO
+    number: PhoneNumber
+
+
+def _unquote(local: str) -> str:
+    """``"02 9876 5432"`` → ``02 9876 5432`` (RFC 5321 quoted-string, with backslash escapes)."""
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        inner, out, escaped = local[1:-1], [], False
+        for ch in inner:
+            if escaped or ch != "\\":
+                out.append(ch)
+                escaped = False
+            else:
+                escaped = True
+        return "".join(out)
+    return local
+
+
+def parse_recipient(address: str, *, fax_domain: str, sms_domain: str, region: str = "AU",
+                    allow_premium: bool = False) -> Recipient:
+    """Reads one RCPT TO address; raises :class:`Refused` with the reply to give."""
+    local, at, domain = address.rpartition("@")
+    domain = domain.lower()
+    kind: Kind
+    if at and local and domain == fax_domain.lower():
+        kind = "fax"
+    elif at and local and domain == sms_domain.lower():
+        kind = "sms"
+    else:
+        raise Refused(replies.RELAY_DENIED.format(fax_domain=fax_domain))
+    try:
+        number = parse_number(_unquote(local), region=region, allow_premium=allow_premium)
+    except NumberError as exc:
+        raise Refused(replies.BAD_NUMBER.format(reason=str(exc))) from None
+    return Recipient(kind, address, number)
+
+
+def unique_by_number(recipients: list[Recipient]) -> list[Recipient]:
+    """Drops repeats of the same (kind, number), keeping the first: ``0298765432@fax.local`` and
+    ``+61298765432@fax.local`` are one fax, not two (and one dedupe key)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in recipients:
+        key = (r.kind, r.number.digits)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
