@@ -6,12 +6,26 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from bridge import log, redact
 
 TOKEN = "0b3f9a1c-SECRET-TOKEN-77"
 PASSWORD = "hunter2-smarthost"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> object:
+    """log.setup changes process-wide state; give other tests theirs back."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level,
+             {n: logging.getLogger(n).level for n in ("mail.log", "aiohttp.access")})
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)
+    structlog.reset_defaults()
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
