@@ -110,11 +110,11 @@ class Refused(Exception):
 # --- success ------------------------------------------------------------------------------
 
 SENDER_OK = Reply(250, "2.1.0", "sender OK")
-RECIPIENT_OK = Reply(250, "2.1.5", "fax to {number} OK")
-QUEUED = Reply(250, "2.0.0", "OK: queued as fax job(s) {ids}")
+RECIPIENT_OK = Reply(250, "2.1.5", "{kind} to {number} OK")
+QUEUED = Reply(250, "2.0.0", "OK: queued as job(s) {ids}")
 # A copy of a mail we already accepted (an MTA re-sending after a lost 250): answered as a
 # success so the MTA stops, but nothing new is queued and nothing is faxed again.
-ALREADY_QUEUED = Reply(250, "2.0.0", "OK: already queued as an earlier copy of this mail; not faxed again")
+ALREADY_QUEUED = Reply(250, "2.0.0", "OK: already queued as an earlier copy of this mail; not sent again")
 
 # --- who may send (5.7.1: delivery not authorised) ----------------------------------------
 
@@ -131,7 +131,8 @@ AUTO_REPLY = Reply(550, "5.7.1", "auto-replies (Auto-Submitted: auto-replied) ar
 
 BAD_NUMBER = Reply(553, "5.1.3", "cannot fax this number: {reason}")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "too many recipients: at most {limit} per mail")
-SMS_NOT_YET = Reply(550, "5.3.3", "SMS sending is not enabled yet")
+NOT_A_MOBILE = Reply(553, "5.1.3", "cannot send an SMS to {number}: it is not a mobile number")
+BAD_SMS_NUMBER = Reply(553, "5.1.3", "cannot send an SMS to this number: {reason}")
 
 # --- content ------------------------------------------------------------------------------
 
@@ -143,6 +144,10 @@ ENCRYPTED_PDF = Reply(554, "5.6.1", "the PDF {filename} is password-protected; "
 DAMAGED_ATTACHMENT = Reply(554, "5.6.1", "the attachment {filename} is damaged ({detail}); "
                                          "nothing was faxed")
 NOTHING_TO_SEND = Reply(554, "5.6.0", "nothing to fax: {detail}")
+EMPTY_SMS = Reply(554, "5.6.0", "nothing to send as SMS: the mail has no text and no subject")
+# Cost guard: a long mail body must not silently become a dozen billed SMS parts.
+SMS_TOO_LONG = Reply(554, "5.6.0", "the SMS would take {parts} parts ({units} {encoding} characters); "
+                                   "the limit is {limit} parts ([sms] max_parts)")
 TOO_COMPLEX = Reply(554, "5.6.0", "the message structure is too complex to fax ({detail})")
 TOO_BIG = Reply(552, "5.3.4", "message too big: at most {limit} bytes")
 # RFC 5321 2.3.8: lines end in CRLF. A lone CR or LF is how SMTP smuggling hides a second

@@ -170,7 +170,7 @@ async def test_one_pdf_is_queued_byte_exact(intake: Intake) -> None:
     assert "+61 2 9876 5432" in answers["RCPT 0298765432@fax.local"].text
     assert answers["DATA"].is_(replies.QUEUED)
     [job] = intake.jobs()
-    assert answers["DATA"].text.endswith(f"queued as fax job(s) {job.id}")
+    assert answers["DATA"].text.endswith(f"queued as job(s) {job.id}")
     assert (job.kind, job.to_number, job.state, job.pages) == ("fax", "61298765432", "queued", 2)
     assert (job.mail_from, job.message_id, job.subject, job.notify) == (
         "alice@example.com", "<m1@example.com>", "Quarterly report", True)
@@ -259,12 +259,6 @@ async def test_bad_number_is_refused_at_rcpt_with_its_reason(intake: Intake) -> 
     # The good recipient still gets its fax.
     assert answers["DATA"].is_(replies.QUEUED)
     assert [j.to_number for j in intake.jobs()] == ["61298765432"]
-
-
-async def test_sms_is_not_enabled_yet(intake: Intake) -> None:
-    answers = await send(intake.port, make_mail(), rcpts=["0412345678@sms.local"])
-    assert answers["RCPT 0412345678@sms.local"].is_(replies.SMS_NOT_YET)
-    intake.assert_empty()
 
 
 async def test_too_many_recipients(start_intake: IntakeFactory) -> None:

@@ -30,7 +30,10 @@ EXPECTED = {
     "TEMPFAIL": (451, "4.3.0"),
     "TOO_MANY_CONNECTIONS": (421, "4.7.0"),
     "BARE_LINE_ENDING": (550, "5.5.2"),
-    "SMS_NOT_YET": (550, "5.3.3"),
+    "NOT_A_MOBILE": (553, "5.1.3"),
+    "BAD_SMS_NUMBER": (553, "5.1.3"),
+    "EMPTY_SMS": (554, "5.6.0"),
+    "SMS_TOO_LONG": (554, "5.6.0"),
 }
 
 

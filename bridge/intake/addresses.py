@@ -56,7 +56,10 @@ def parse_recipient(address: str, *, fax_domain: str, sms_domain: str, region: s
     try:
         number = parse_number(_unquote(local), region=region, allow_premium=allow_premium)
     except NumberError as exc:
-        raise Refused(replies.BAD_NUMBER.format(reason=str(exc))) from None
+        bad = replies.BAD_NUMBER if kind == "fax" else replies.BAD_SMS_NUMBER
+        raise Refused(bad.format(reason=str(exc))) from None
+    if kind == "sms" and not number.is_mobile:
+        raise Refused(replies.NOT_A_MOBILE.format(number=number.display))
     return Recipient(kind, address, number)
 
 

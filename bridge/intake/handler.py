@@ -50,8 +50,6 @@ class IntakeHandler:
     to wake the sender.
     """
 
-    # Issue 5 turns this on once message.sms_job is filled in.
-    sms_enabled = False
 
     def __init__(self, config: Config, store: AsyncStore, *,
                  on_accepted: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -123,11 +121,10 @@ class IntakeHandler:
             log.info("intake_refused", stage="RCPT", peer=peer_ip(session), rcpt=address,
                      reply=refused.reply)
             return refused.reply
-        if rcpt.kind == "sms" and not self.sms_enabled:
-            return str(replies.SMS_NOT_YET)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return replies.RECIPIENT_OK.format(number=rcpt.number.display)
+        return replies.RECIPIENT_OK.format(kind="fax" if rcpt.kind == "fax" else "SMS",
+                                           number=rcpt.number.display)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self._busy += 1

@@ -45,6 +45,7 @@ from bridge.intake.addresses import Recipient, unique_by_number
 from bridge.intake.cover import CoverFields, make_cover
 from bridge.intake.documents import ACCEPTED, classify, display_filename, pdf_pages, safe_filename
 from bridge.replies import Refused
+from bridge.sms_text import count_parts, extract_sms_text
 from bridge.store import NewDocument, NewJob, NewMail
 
 __all__ = [
@@ -438,14 +439,23 @@ def dedupe_key(*, kind: str, digits: str, content: MailContent, mail_from: str, 
 
 def sms_job(msg: EmailMessage, content: MailContent, recipient: Recipient, key: str,
             config: Config) -> NewJob:
-    """The SMS job for one ``<number>@<sms_domain>`` recipient: the seam for issue 5.
+    """The SMS job for one ``<mobile>@<sms_domain>`` recipient.
 
-    Issue 5 fills this in with ``bridge.sms_text.extract_sms_text(msg)`` and
-    ``count_parts(text)`` (refusing beyond ``config.sms.max_parts`` and non-mobile numbers),
-    returning ``NewJob(kind="sms", to_number=..., dedupe_key=key, sms_text=..., sms_parts=...)``.
-    Until then the handler refuses SMS recipients at RCPT (``replies.SMS_NOT_YET``).
+    The text is the mail's own words (quotes, signatures and mobile footers stripped), or the
+    subject when that leaves nothing. Typographic punctuation is made GSM-7 where that keeps
+    the whole text GSM-7, and the part count is fixed here, before anything is sent, so the
+    cost is known and capped by ``[sms] max_parts``.
     """
-    raise Refused(str(replies.SMS_NOT_YET))
+    text = extract_sms_text(msg) or content.subject.strip()
+    if not text:
+        raise Refused(str(replies.EMPTY_SMS))
+    parts = count_parts(text)
+    if parts.parts > config.sms.max_parts:
+        raise Refused(replies.SMS_TOO_LONG.format(parts=parts.parts, units=parts.units,
+                                                  encoding=parts.encoding,
+                                                  limit=config.sms.max_parts))
+    return NewJob(kind="sms", to_number=recipient.number.digits, dedupe_key=key,
+                  sms_text=parts.text, sms_parts=parts.parts)
 
 
 def template_dirs(config: Config) -> tuple[Path, ...]:
