@@ -30,7 +30,7 @@ from bridge.backoff import backoff_seconds
 from bridge.config import Config
 from bridge.gofax.client import GoFaxClient
 from bridge.gofax.errors import Permanent, Transient, Unauthorised, Uncertain
-from bridge.notices import Notices
+from bridge.notices import NoticeError, Notices
 from bridge.redact import redact
 from bridge.states import State
 from bridge.store import AsyncStore, Job, StaleState
@@ -295,7 +295,13 @@ class Sender:
         ended = dataclasses.replace(job, state=new, last_error=error, result=result,
                                     pages=columns.get("pages", job.pages),
                                     final_at=self.clock())
-        notice = self.notices.job_outcome(ended, documents=await self._documents(ended))
+        try:
+            notice = self.notices.job_outcome(ended, documents=await self._documents(ended))
+        except NoticeError:
+            # A broken override template must not stop the job from reaching its state;
+            # `faxbridge check` tests the templates before they can cause this.
+            log.exception("notice_failed", job=job.id, state=new.value)
+            notice = None
         try:
             await self.store.move(job.id, expected, new, last_error=error, result=result,
                                   notice=notice, detail=error or result, **columns)

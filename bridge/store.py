@@ -13,6 +13,7 @@ single dedicated thread so that the event loop never blocks on the disk and ther
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import time
@@ -450,15 +451,18 @@ class Store:
                              (*columns.values(), self.clock(), job_id, expected))
             return cur.rowcount == 1
 
-    def recover_after_restart(self) -> list[int]:
-        """Jobs caught mid-submission become uncertain. Returns their ids."""
+    def recover_after_restart(
+            self, notice_for: Callable[[Job], NewOutgoing | None] = lambda _job: None,
+    ) -> list[int]:
+        """Jobs caught mid-submission become uncertain, each with its notice. Returns their ids."""
         moved = []
+        error = "the daemon stopped while this submission was in flight"
         for job in self.jobs(states=[State.SUBMITTING], limit=100_000):
             new = after_restart(job.state)
+            ended = dataclasses.replace(job, state=new, last_error=error)
             try:
-                self.move(job.id, job.state, new,
-                          detail="the daemon stopped while this fax was being submitted",
-                          last_error="the daemon stopped while the submission was in flight")
+                self.move(job.id, job.state, new, detail=error, last_error=error,
+                          notice=notice_for(ended))
                 moved.append(job.id)
             except StaleState:
                 pass
@@ -522,6 +526,10 @@ class Store:
             args = list(states)
         return [_outgoing(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?",
                                                       (*args, limit))]
+
+    def count_outbox(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT state, COUNT(*) FROM outbox GROUP BY state")}
 
     def next_mail_due_at(self) -> float | None:
         return self.db.execute(
