@@ -47,12 +47,17 @@ class ConfigError(Exception):
 
 # --- validators: each returns None when fine, else a description of what is wrong ---------
 
-def _host_port(value: str) -> str | None:
+def _host_port(value: str, *, lowest_port: int = 1) -> str | None:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not lowest_port <= int(port) < 65536:
         return f'expected "host:port" (e.g. "127.0.0.1:2525"), got "{value}"'
     return None
+
+
+def _listen(value: str) -> str | None:
+    """A listening address; port 0 means any free port (tests, side-by-side sandboxes)."""
+    return _host_port(value, lowest_port=0)
 
 
 def _optional_host_port(value: str) -> str | None:
@@ -174,7 +179,7 @@ def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
 class SmtpConfig:
     """Mail intake (the SMTP listener)."""
 
-    listen: str = field(default="127.0.0.1:2525", metadata=_check(_host_port))
+    listen: str = field(default="127.0.0.1:2525", metadata=_check(_listen))
     hostname: str = "faxbridge.localhost"
     fax_domain: str = field(default="fax.local", metadata=_check(_domain))
     sms_domain: str = field(default="sms.local", metadata=_check(_domain))
@@ -279,7 +284,7 @@ class ReceiveConfig:
 class WebConfig:
     """Webhooks from GoFax, /healthz and /metrics."""
 
-    listen: str = field(default="127.0.0.1:8025", metadata=_check(_host_port))
+    listen: str = field(default="127.0.0.1:8025", metadata=_check(_listen))
     webhook_user: str = ""
     webhook_password: str = ""
 

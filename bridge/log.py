@@ -67,3 +67,5 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     # aiosmtpd logs every SMTP line at INFO/DEBUG (including AUTH exchanges): keep it quiet.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, _LEVELS[level]))
     logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, _LEVELS[level]))
+    # fpdf2 subsets fonts through fontTools, which narrates every table at INFO.
+    logging.getLogger("fontTools").setLevel(max(logging.WARNING, _LEVELS[level]))

@@ -125,6 +125,9 @@ class Sender:
                 await self.submit(job)
         finally:
             self._inflight.discard(job.id)
+            # The job's next step (a retry, a first poll) was scheduled while the loop slept
+            # on a due time that did not include it.
+            self.wake()
 
     # --- submission ------------------------------------------------------------------------
 
