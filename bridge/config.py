@@ -190,6 +190,24 @@ class SmtpConfig:
     trusted_networks: tuple[str, ...] = field(
         default=("127.0.0.0/8", "::1/128"), metadata=_check(_networks))
     allowed_senders: tuple[str, ...] = field(default=("*",), metadata=_check(_sender_pattern))
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_auth: bool = False
+    users_file: str = ""
+    require_dmarc: bool = False
+    trusted_authserv_id: str = ""
+    max_mime_parts: int = field(default=100, metadata=_check(_positive))
+    max_mime_depth: int = field(default=10, metadata=_check(_positive))
+    max_header_bytes: int = field(default=65_536, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-sender daily quotas (0 = no limit): a guard against spending the account's money."""
+
+    faxes_per_day: int = field(default=200, metadata=_check(_non_negative))
+    fax_pages_per_day: int = field(default=2000, metadata=_check(_non_negative))
+    sms_parts_per_day: int = field(default=500, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class Config:
     smtp: SmtpConfig = SmtpConfig()
+    limits: LimitsConfig = LimitsConfig()
     gofax: GoFaxConfig = GoFaxConfig()
     numbers: NumbersConfig = NumbersConfig()
     fax: FaxConfig = FaxConfig()
@@ -444,6 +463,15 @@ def _check_whole(config: Config) -> None:
                           "plain http would send the token in clear text; use https")
     if config.smtp.fax_domain == config.smtp.sms_domain:
         raise ConfigError(src, "[smtp] sms_domain", "must differ from fax_domain")
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError(src, "[smtp] tls_key", "tls_cert and tls_key go together (both or neither)")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(config.smtp, key)
+        if value and not config.path(value).is_file():
+            raise ConfigError(src, f"[smtp] {key}", f"no such file: {config.path(value)}")
+    if config.smtp.require_dmarc and not config.smtp.trusted_authserv_id:
+        raise ConfigError(src, "[smtp] trusted_authserv_id",
+                          "require_dmarc needs the authserv-id of your MTA's Authentication-Results")
     if bool(config.web.webhook_user) != bool(config.web.webhook_password):
         raise ConfigError(src, "[web] webhook_password",
                           "webhook_user and webhook_password go together (both or neither)")
