@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from daemon import Daemon
+from smtp_sink import SmtpSink
 
 from bridge.gofax.simulator import GoFaxSimulator, RedactingAccessLogger
 
@@ -36,3 +38,22 @@ def simulator_factory(aiohttp_server: Any) -> SimulatorFactory:
 async def simulator(simulator_factory: SimulatorFactory) -> GoFaxSimulator:
     """A running simulator with default settings (instant faxes, no webhooks)."""
     return await simulator_factory()
+
+
+# ---------------------------------------------------------------- whole-daemon fixtures
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    """A test smarthost (see tests/smtp_sink.py)."""
+    async with SmtpSink() as s:
+        yield s
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[list[Daemon]]:
+    """Daemons a test starts with ``daemon.start`` go in here and are stopped after it."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        await d.app.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.policy
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -39,20 +38,6 @@ def fax_mail(*, to: str = "0298765432@fax.local", subject: str = "Quarterly repo
     for name, data in attachments:
         msg.add_attachment(data, maintype="application", subtype="pdf", filename=name)
     return msg
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as s:
-        yield s
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path, sink: SmtpSink) -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        await d.app.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -24,20 +23,6 @@ def sms_mail(body: str = "Your appointment is confirmed for 3pm.", *, to: str = 
     msg["Message-ID"] = "<s1@example.com>"
     msg.set_content(body)
     return msg
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as s:
-        yield s
-
-
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        await d.app.stop()
 
 
 async def run(tmp_path: Path, sink: SmtpSink, daemons: list[Daemon], **sections: dict[str, object]
