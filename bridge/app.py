@@ -17,6 +17,7 @@ from bridge.gofax.simulator import GoFaxSimulator
 from bridge.intake.server import SmtpIntake
 from bridge.notices import Notices
 from bridge.outbox import Outbox, make_transport
+from bridge.receiver import Receiver, sent_hooks
 from bridge.sender import Sender
 from bridge.states import State
 from bridge.store import AsyncStore
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the in-process simulator's, not a secret
 DEDUPE_SWEEP_SECONDS = 3600
+STOP_GRACE_SECONDS = 2.0
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -43,7 +45,7 @@ class App:
         self.client: GoFaxClient | None = None
         self.sender: Sender | None = None
         self.outbox: Outbox | None = None
-        self.receiver: Any = None
+        self.receiver: Receiver | None = None
         self.intake: SmtpIntake | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,26 +80,20 @@ class App:
                                   auth=cfg.gofax.auth)  # type: ignore[arg-type]
         self.sender = Sender(cfg, self.store, self.client, self.notices,
                              on_notice=self.outbox.wake)
-        self.receiver = self._make_receiver()
+        self.receiver = Receiver(cfg, self.store, self.client, self.notices,
+                                 on_mail=self.outbox.wake)
+        # A received fax or reply is marked delivered with its last mail's acceptance.
+        for kind, hook in sent_hooks().items():
+            self.outbox.add_sent_hook(kind, hook)
 
         self.intake = SmtpIntake(cfg, self.store, on_accepted=self.sender.wake)
         await self.intake.start()
 
         self._spawn(self.sender.run(), "sender")
         self._spawn(self.outbox.run(), "outbox")
-        if self.receiver is not None:
-            self._spawn(self.receiver.run(), "receiver")
+        self._spawn(self.receiver.run(), "receiver")
         self._spawn(self._sweep_dedupe(), "dedupe-sweep")
         self._announce()
-
-    def _make_receiver(self) -> Any:
-        try:
-            from bridge.receiver import Receiver
-        except ImportError:
-            return None
-        assert self.store and self.client and self.outbox
-        return Receiver(self.config, self.store, self.client, self.notices,
-                        on_mail=self.outbox.wake)
 
     async def _start_simulator(self) -> tuple[str, str]:
         cfg = self.config
@@ -117,7 +113,9 @@ class App:
         return url, SANDBOX_TOKEN
 
     async def _serve(self, app: web.Application, host: str, port: int) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A webhook or (sandbox) API call still in progress at stop gets a moment, not a minute.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=STOP_GRACE_SECONDS)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._runners.append(runner)
@@ -203,6 +201,8 @@ class App:
             problems.append("GoFax refuses the API token (401): jobs are held")
         if not self.outbox.healthy:
             problems.append(f"outgoing mail is failing: {self.outbox.last_error}")
+        if self.receiver is not None and not self.receiver.healthy:
+            problems.append(f"receiving from GoFax is failing: {self.receiver.last_error}")
         return {"ok": not problems, "problems": problems, "jobs": counts,
                 "outbox_parked": parked, "sandbox": self.config.gofax.is_sandbox,
                 "uptime_seconds": round(time.time() - self.started_at)}

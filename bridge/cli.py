@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import config as config_mod
+from bridge.cli_inbox import add_inbox_parser, run_inbox
 from bridge.config import Config, ConfigError
 
 DEFAULT_CONFIG = "bridge.toml"
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", type=int, metavar="ID")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    add_inbox_parser(sub)
+
     p = sub.add_parser("sim", help="run the GoFax simulator on its own port",
                        description="Run the GoFax simulator standalone, to try the API by hand "
                                    "or to point a faxbridge at it.")
@@ -77,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="sandbox-token", help="the token it accepts")
     p.add_argument("--fax-seconds", type=float, default=5.0,
                    help="how long a fax takes to be 'sent' (default 5)")
+    p.add_argument("--webhook-url", metavar="URL", default="",
+                   help="a faxbridge web listener (e.g. http://127.0.0.1:8025): the fax-sent, "
+                        "sms-sent and fax-received webhooks are posted to its /webhooks/gofax/… "
+                        "paths (default: no webhooks)")
+    p.add_argument("--fault-rate", type=float, default=0.0, metavar="P",
+                   help="fail this fraction (0-1) of API calls at random: a 5xx, 429, a delay "
+                        "of --fault-delay-seconds, or a dropped connection before or after the "
+                        "request was processed (default 0)")
+    p.add_argument("--fault-delay-seconds", type=float, default=35.0, metavar="S",
+                   help="how long a random 'delay' fault holds a call; make it longer than the "
+                        "client's timeout (default 35)")
+    p.add_argument("--fault-seed", type=int, default=None, metavar="N",
+                   help="seed for --fault-rate, to repeat a run's choice of faults")
     return parser
 
 
@@ -102,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"faxbridge: config error: {exc}", file=sys.stderr)
         return 2
-    handler = {"run": _run, "check": _check, "jobs": _jobs, "retry": _retry}[args.command]
+    handler = {"run": _run, "check": _check, "jobs": _jobs, "retry": _retry,
+               "inbox": run_inbox}[args.command]
     try:
         return handler(config, args)
     except KeyboardInterrupt:
@@ -265,10 +282,59 @@ def _sim(args: argparse.Namespace) -> int:
 
     log.setup("info", "auto")
     host, _, port = args.listen.rpartition(":")
+    if not 0.0 <= args.fault_rate <= 1.0:
+        print("faxbridge: --fault-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    kw: dict[str, Any] = {"token": args.token, "fax_seconds": args.fax_seconds}
+    if args.webhook_url:
+        from bridge.web import FAX_RECEIVED_PATH, FAX_SENT_PATH, SMS_SENT_PATH
+
+        base = args.webhook_url.rstrip("/")
+        kw["webhooks"] = {"fax_sent": base + FAX_SENT_PATH, "sms_sent": base + SMS_SENT_PATH,
+                          "fax_received": base + FAX_RECEIVED_PATH}
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_standalone(host, int(port), token=args.token,
-                                   fax_seconds=args.fax_seconds))
+        if args.fault_rate > 0:
+            asyncio.run(_sim_with_random_faults(host, int(port), args, **kw))
+        else:
+            asyncio.run(run_standalone(host, int(port), **kw))
     return 0
+
+
+async def _sim_with_random_faults(host: str, port: int, args: argparse.Namespace,
+                                  **kw: Any) -> None:
+    """``run_standalone`` plus a middleware that turns a random share of API calls into faults.
+
+    The fault itself is the simulator's own (a one-shot ``inject`` for exactly this request's
+    method and path, applied by its fault middleware), so a random fault behaves exactly like
+    one injected through ``POST /_sim/fault``.
+    """
+    import random
+
+    from aiohttp import web
+
+    from bridge.gofax.simulator import GoFaxSimulator, serve, usage_text
+
+    sim = GoFaxSimulator(**kw)
+    rng = random.Random(args.fault_seed)
+    kinds = ("status", "429", "delay", "drop", "drop_after_processing")
+
+    @web.middleware
+    async def random_faults(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_sim") and rng.random() < args.fault_rate:
+            sim.inject(f"{request.method} {request.path}", rng.choice(kinds),  # type: ignore[arg-type]
+                       status=rng.choice((500, 502, 503, 504)), retry_after=1,
+                       delay_seconds=args.fault_delay_seconds, times=1)
+        return await handler(request)
+
+    sim.app.middlewares.insert(0, random_faults)  # outermost: before the fault middleware runs
+    runner = await serve(sim, host, port)
+    print(usage_text(sim.base_url or "", token=sim.token), flush=True)
+    print(f"random faults: {args.fault_rate:.0%} of API calls (seed {args.fault_seed})",
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -331,8 +331,11 @@ class Outbox:
         return min(self.idle_cap_seconds, max(0.0, max(due, self._blocked_until) - now))
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the event is set, and then stop() would wait for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wake.wait()
         self._wake.clear()
 
     async def deliver_due(self) -> int:

@@ -91,8 +91,10 @@ class Sender:
         wait = 30.0 if due is None else max(0.05, min(30.0, due - now))
         if self.held:
             wait = max(0.05, min(wait, self._next_access_check - now))
+        # asyncio.timeout, not wait_for: see Outbox._sleep (a swallowed cancellation).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     async def step(self, tasks: set[asyncio.Task[None]] | None = None) -> None:
         """One pass: re-check a held account, start due submissions, poll due statuses."""
