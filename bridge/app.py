@@ -107,8 +107,9 @@ class App:
             webhook_auth=auth,
             account_numbers=tuple(r.number for r in cfg.receive.route) or ("61298765432",),
             sms_reply_numbers=cfg.sms.reply_numbers or ("61400000000",))
-        runner = await self._serve(self.simulator.app, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        host, port = _split(cfg.gofax.sandbox_listen)
+        runner = await self._serve(self.simulator.app, host, port)
+        url = f"http://{_url_host(host)}:{runner.addresses[0][1]}"
         log.info("sandbox_simulator", url=url, admin=url + "/_sim/")
         return url, SANDBOX_TOKEN
 

@@ -225,6 +225,7 @@ class GoFaxConfig:
     retry_max_seconds: float = field(default=900, metadata=_check(_positive))
     status_lifetime_seconds: float = field(default=259_200, metadata=_check(_positive))
     sandbox_fax_seconds: float = field(default=5, metadata=_check(_non_negative))
+    sandbox_listen: str = field(default="127.0.0.1:8099", metadata=_check(_listen))
 
     @property
     def is_sandbox(self) -> bool:

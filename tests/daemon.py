@@ -33,7 +33,7 @@ def fast_config(tmp_path: Path, sink: SmtpSink, **sections: dict[str, Any]) -> c
         "web": {"listen": "127.0.0.1:0"},
         "gofax": {"sandbox_fax_seconds": 0, "status_poll_seconds": 0.3,
                   "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2,
-                  "timeout_seconds": 2},
+                  "timeout_seconds": 2, "sandbox_listen": "127.0.0.1:0"},
         "mail": {"smarthost": sink.address, "retry_initial_seconds": 0.05,
                  "retry_max_seconds": 0.2},
         "store": {"path": str(tmp_path / "store.db")},
