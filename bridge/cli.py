@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run the GoFax simulator on its own port",
                        description="Run the GoFax simulator standalone, to try the API by hand "
                                    "or to point a faxbridge at it.")
-    p.add_argument("--listen", default="127.0.0.1:8099", help="host:port (default 127.0.0.1:8099)")
+    p.add_argument("--listen", default="127.0.0.1:8090", help="host:port (default 127.0.0.1:8090)")
     p.add_argument("--token", default="sandbox-token", help="the token it accepts")
     p.add_argument("--fax-seconds", type=float, default=5.0,
                    help="how long a fax takes to be 'sent' (default 5)")
