@@ -498,9 +498,12 @@ class Store:
     # --- outbox ------------------------------------------------------------------------------
 
     def _queue(self, db: sqlite3.Connection, mail: NewOutgoing, now: float) -> bool:
+        # ON CONFLICT, not OR IGNORE: only a repeat of (kind, ref) is skipped; any other
+        # constraint failure must roll the whole transaction back.
         cur = db.execute(
-            "INSERT OR IGNORE INTO outbox (kind, ref, mail_from, rcpt_to, message,"
-            " next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO outbox (kind, ref, mail_from, rcpt_to, message,"
+            " next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)"
+            " ON CONFLICT (kind, ref) DO NOTHING",
             (mail.kind, mail.ref, mail.mail_from, json.dumps(list(mail.rcpt_to)), mail.message,
              now, now))
         return cur.rowcount == 1
