@@ -226,8 +226,18 @@ def _attribution_lines(lines: Sequence[str], i: int) -> int:
         if len(joined) > _ATTRIBUTION_MAX_CHARS:
             return 0
         if _ATTRIBUTION.fullmatch(joined):
-            return n + 1 if _HAS_DATE.search(joined) else 0
+            # A date says it is an attribution; so does a quote right below it
+            # ("On Fri, Bob wrote:" + "> ..."), which no sentence of the reply would have.
+            dated = _HAS_DATE.search(joined) is not None
+            return n + 1 if dated or _quote_follows(lines, i + n + 1) else 0
     return 0
+
+
+def _quote_follows(lines: Sequence[str], i: int) -> bool:
+    for line in lines[i:]:
+        if not _is_blank(line):
+            return _is_quoted(line)
+    return False
 
 
 def _is_outlook_header(lines: Sequence[str], i: int) -> bool:

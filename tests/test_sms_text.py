@@ -215,6 +215,8 @@ def test_to_gsm7_friendly(text: str, expected: str) -> None:
             "On second thought, here is what I wrote:\nkeep this",
             id="on-wrote-without-date-kept",
         ),
+        pytest.param("4pm is fine.\n\nOn Fri, Bob wrote:\n> Make it 4pm?", "4pm is fine.\n",
+                     id="on-wrote-without-date-above-a-quote"),
         pytest.param(
             "Ja\n\nAm 03.12.2026 um 10:00 schrieb Jane Doe <jane@example.com>:\n\nOriginal",
             "Ja\n",
