@@ -1,0 +1,1 @@
+"""Developer tools: the crash/fault harness (``tools/chaos.py``) and its process helpers."""
