@@ -200,6 +200,8 @@ class App:
         problems = []
         if self.sender.held:
             problems.append("GoFax refuses the API token (401): jobs are held")
+        if self.sender.store_failing:
+            problems.append(f"the store cannot be written: {self.sender.last_error}")
         if not self.outbox.healthy:
             problems.append(f"outgoing mail is failing: {self.outbox.last_error}")
         if self.receiver is not None and not self.receiver.healthy:

@@ -45,11 +45,18 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     ]
     renderer: Any
     if json_lines:
-        tail: list[Any] = [structlog.processors.dict_tracebacks, redact_secrets]
+        # No local variables in tracebacks: they would carry mail bodies, documents and
+        # objects that hold the token, past any redaction of known strings.
+        tail: list[Any] = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
+            redact_secrets,
+        ]
         renderer = structlog.processors.JSONRenderer()
     else:
         tail = [structlog.processors.format_exc_info, redact_secrets]
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

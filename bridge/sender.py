@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,7 @@ class Sender:
         self.held = False              # GoFax said 401: the whole account waits
         self.held_since: float | None = None
         self.last_error = ""
+        self.store_failing = False     # a write that records GoFax's answer keeps failing
         self._access_checks = 0
         self._next_access_check = 0.0
         self._wake = asyncio.Event()
@@ -121,10 +123,37 @@ class Sender:
         if tasks is None and pending:
             await asyncio.gather(*pending)
 
+    async def _record(self, job_id: int, expected: State, new: State, **kw: Any) -> Job:
+        """A store move made after GoFax answered: what GoFax said (the fax id above all) is
+        only in memory until this succeeds, so a failing disk is retried, not given up on.
+
+        If the daemon stops meanwhile, the job stays ``submitting`` and becomes ``uncertain``
+        (with a notice) at the next start: never sent twice, never silently lost.
+        """
+        delay = 0.5
+        while True:
+            try:
+                job = await self.store.move(job_id, expected, new, **kw)
+                self.store_failing = False
+                return job
+            except StaleState:
+                raise
+            except (sqlite3.Error, OSError) as exc:
+                self.store_failing = True
+                self.last_error = f"cannot write the store: {exc}"
+                log.error("store_write_failed", job=job_id, to_state=new.value, error=str(exc),
+                          retry_in_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     async def _submit_slot(self, job: Job) -> None:
         try:
             async with self._slots:
                 await self.submit(job)
+        except Exception:
+            # Before the PUT (the queued→submitting write failed) nothing was sent and the job
+            # is still queued; say so loudly rather than lose the reason in a dead task.
+            log.exception("job_submit_failed", job=job.id)
         finally:
             self._inflight.discard(job.id)
             # The job's next step (a retry, a first poll) was scheduled while the loop slept
@@ -163,7 +192,7 @@ class Sender:
                                error=f"internal error while submitting: {type(exc).__name__}")
         else:
             poll_at = self.clock() + min(FIRST_POLL_SECONDS, self.config.gofax.status_poll_seconds)
-            await self.store.move(job.id, State.SUBMITTING, State.SUBMITTED, gofax_id=result_id,
+            await self._record(job.id, State.SUBMITTING, State.SUBMITTED, gofax_id=result_id,
                                   next_attempt_at=poll_at, last_error="",
                                   detail=f"GoFax id {result_id}")
             log.info("job_submitted", job=job.id, gofax_id=result_id)
@@ -191,14 +220,14 @@ class Sender:
         delay = backoff_seconds(job.attempts, initial=self.config.gofax.retry_initial_seconds,
                                 maximum=self.config.gofax.retry_max_seconds,
                                 retry_after=exc.retry_after, rng=self.rng)
-        await self.store.move(job.id, State.SUBMITTING, State.QUEUED, last_error=error,
+        await self._record(job.id, State.SUBMITTING, State.QUEUED, last_error=error,
                               next_attempt_at=self.clock() + delay,
                               detail=f"retry in {delay:.0f}s: {error}")
         self.last_error = error
         log.warning("job_retry", job=job.id, delay_seconds=round(delay, 1), error=error)
 
     async def _hold(self, job: Job, error: str) -> None:
-        await self.store.move(job.id, job.state, State.HELD, last_error=redact(error),
+        await self._record(job.id, job.state, State.HELD, last_error=redact(error),
                               detail="GoFax refused the token (401)")
         self._enter_held()
 
@@ -308,8 +337,8 @@ class Sender:
             log.exception("notice_failed", job=job.id, state=new.value)
             notice = None
         try:
-            await self.store.move(job.id, expected, new, last_error=error, result=result,
-                                  notice=notice, detail=error or result, **columns)
+            await self._record(job.id, expected, new, last_error=error, result=result,
+                               notice=notice, detail=error or result, **columns)
         except StaleState:
             return
         log.info("job_" + new.value, job=job.id, kind=job.kind, to=job.to_number,

@@ -71,3 +71,16 @@ def test_level_filters() -> None:
     structlog.get_logger("t").info("quiet")
     structlog.get_logger("t").warning("loud")
     assert [e["event"] for e in _lines(stream)] == ["loud"]
+
+
+def test_tracebacks_carry_no_local_variables() -> None:
+    stream = io.StringIO()
+    log.setup("info", "json", stream=stream)
+    mail_body = "confidential-patient-record"  # noqa: F841 - a local the traceback must not show
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("t").exception("failed")
+    [entry] = _lines(stream)
+    assert "confidential-patient-record" not in stream.getvalue()
+    assert entry["exception"][0]["exc_value"] == "boom"
