@@ -349,7 +349,7 @@ class Sender:
     async def _documents(self, job: Job) -> list[Any]:
         if job.kind != "fax":
             return []
-        return list(await self.store.documents(job.mail_id))
+        return list(await self.store.document_info(job.mail_id))
 
 
 def _permanent_text(exc: Permanent) -> str:

@@ -401,6 +401,14 @@ class Store:
             " WHERE mail_id = ? ORDER BY seq", (mail_id,))
         return [Document(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in rows]
 
+    def document_info(self, mail_id: int) -> list[Document]:
+        """A mail's documents without their bytes (``data`` is empty): names and pages, for
+        notices, without reading a 20 MB fax back into memory."""
+        rows = self.db.execute(
+            "SELECT seq, filename, content_type, pages, is_cover FROM documents"
+            " WHERE mail_id = ? ORDER BY seq", (mail_id,))
+        return [Document(r[0], r[1], r[2], b"", r[3], bool(r[4])) for r in rows]
+
     def events(self, job_id: int) -> list[tuple[float, str, str, str]]:
         return [tuple(r) for r in self.db.execute(  # type: ignore[misc]
             "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = ?"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -843,3 +844,14 @@ def test_redact_given_and_registered_secrets() -> None:
     assert redact("see registered-secret-99") == "see ***"
     register_secret("")  # ignored
     assert redact("") == ""
+
+
+def test_the_fax_body_is_the_json_gofax_expects() -> None:
+    from bridge.gofax.client import _fax_body
+
+    documents = [('brief "A"\\ü.pdf', b"%PDF-1.4 \x00\xff"), ("b.txt", b"")]
+    body = _fax_body({"SendTo": "61298765432", "Subject": 'Re: "x" — y'}, documents)
+    assert json.loads(body) == {
+        "SendTo": "61298765432", "Subject": 'Re: "x" — y',
+        "Documents": [{"Filename": name, "Data": base64.b64encode(data).decode()}
+                      for name, data in documents]}

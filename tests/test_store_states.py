@@ -143,3 +143,9 @@ def test_usage_counts_for_quotas(store: Store) -> None:
                          [NewJob("sms", "61412345678", "s1", sms_text="hi", sms_parts=3)]))
     assert store.sender_usage_since("alice@example.com", 0) == (2, 4, 3)
     assert store.sender_usage_since("bob@example.com", 0) == (0, 0, 0)
+
+
+def test_document_info_lists_without_the_bytes(store: Store) -> None:
+    result = store.accept(mail("k1"))
+    [info] = store.document_info(result.mail_id)
+    assert (info.filename, info.pages, info.data) == ("a.pdf", 2, b"")
