@@ -100,6 +100,7 @@ class SmtpTransport:
         self.starttls = starttls
         self.timeout_seconds = timeout_seconds
         self.local_hostname = local_hostname
+        self._quitting: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:  # never shows the password
         return f"SmtpTransport({self.host}:{self.port}, user={self.username!r}, starttls={self.starttls})"
@@ -115,6 +116,7 @@ class SmtpTransport:
             _check_address(address)
         client = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout_seconds,
                                  start_tls=self.starttls, local_hostname=self.local_hostname)
+        handed_off = False
         try:
             await self._connect(client)
             await self._envelope(client, mail_from, rcpt_to, len(message))
@@ -135,6 +137,18 @@ class SmtpTransport:
             raise PermanentFailure(f"cannot send to {list(rcpt_to)} from <{mail_from}>: {exc}") from None
         else:
             # Accepted: from here on nothing may turn this into a failure (it would send twice).
+            # QUIT in the background, so that the caller records "sent" at once: every moment
+            # between the 250 and that record is one in which a crash means a second copy.
+            task = asyncio.create_task(self._quit(client))
+            self._quitting.add(task)
+            task.add_done_callback(self._quitting.discard)
+            handed_off = True
+        finally:
+            if client.is_connected and not handed_off:
+                client.close()
+
+    async def _quit(self, client: aiosmtplib.SMTP) -> None:
+        try:
             await self._end(client, quit=True)
         finally:
             if client.is_connected:
@@ -367,13 +381,29 @@ class Outbox:
             log.exception("outbox_transport_error", **where)
             await self._retry(mail, TemporaryFailure(f"{type(exc).__name__}: {exc}"), where)
             return False
-        hook = self._hooks.get(mail.kind)
-        await self.store.mail_sent(mail.id, on_sent=(lambda db: hook(db, mail)) if hook else None)
+        await self._record_sent(mail, where)
         self.healthy = True
         self.last_error = ""
         self.last_success_at = self.clock()
         log.info("outbox_sent", **where, rcpt=list(mail.rcpt_to), attempts=mail.attempts + 1)
         return True
+
+    async def _record_sent(self, mail: OutgoingMail, where: dict[str, object]) -> None:
+        """The next hop has the mail: record it, retrying a failing disk rather than sending the
+        mail again (which a failed write left as pending would do)."""
+        hook = self._hooks.get(mail.kind)
+        delay = 0.5
+        while True:
+            try:
+                await self.store.mail_sent(mail.id,
+                                           on_sent=(lambda db: hook(db, mail)) if hook else None)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                self.healthy = False
+                self.last_error = f"cannot write the store: {exc}"
+                log.error("outbox_record_failed", **where, error=str(exc), retry_in_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _retry(self, mail: OutgoingMail, exc: TemporaryFailure, where: dict[str, object]) -> None:
         mail_cfg = self.config.mail
