@@ -3,12 +3,17 @@
 Three questions, asked at different moments of an SMTP session:
 
 1. At MAIL FROM, *may this client submit at all?* (:func:`check_client`): the peer's address is
-   in ``[smtp] trusted_networks``, or (issue 6) the session authenticated with SMTP AUTH.
+   in ``[smtp] trusted_networks``, or the session authenticated with SMTP AUTH. With
+   ``[smtp] require_auth`` the refusal says "authenticate first" (530) instead of "not trusted".
 2. At MAIL FROM, *is the envelope sender allowed?* (:func:`check_envelope_sender`): it matches
-   ``[smtp] allowed_senders``, and it is not the null sender.
+   ``[smtp] allowed_senders``, and it is not the null sender. An authenticated user must also
+   be sending as one of *their* addresses (:func:`check_auth_sender`).
 3. At DATA, *is the header From: allowed?* (:func:`check_header_from`): every From: address
-   matches the same allow-list. Checking only the envelope would let a trusted host relay a mail
-   whose visible author is someone else; checking only the header would notify a forged address.
+   matches the same allow-list (and, for an authenticated user, their addresses). Checking only
+   the envelope would let a trusted host relay a mail whose visible author is someone else;
+   checking only the header would notify a forged address. With ``[smtp] require_dmarc`` an
+   unauthenticated mail's From: must also be vouched for by the trusted MTA
+   (:mod:`bridge.dmarc`).
 
 Each check returns a :class:`Decision` whose ``reason`` is a sentence for the SMTP reply, so a
 refused person learns *why* (``sender bob@evil.com is not in [smtp] allowed_senders``).
@@ -23,6 +28,7 @@ from functools import lru_cache
 
 __all__ = [
     "Decision",
+    "check_auth_sender",
     "check_client",
     "check_envelope_sender",
     "check_header_from",
@@ -39,6 +45,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Decision:
     allowed: bool
     reason: str = ""
+    # A refusal that SMTP AUTH would lift (answer 530 "authenticate first", not 550).
+    auth_required: bool = False
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -130,19 +138,33 @@ def peer_trusted(ip: str | None, networks: Iterable[str | IPNetwork]) -> bool:
     return any(addr.version == net.version and addr in net for net in parsed)
 
 
-def check_client(ip: str | None, networks: Iterable[str], *, auth_user: str | None = None) -> Decision:
+def check_client(ip: str | None, networks: Iterable[str], *, auth_user: str | None = None,
+                 require_auth: bool = False) -> Decision:
     """MAIL FROM: may this client submit mail at all?
 
-    Today: only from ``trusted_networks``. The seam for issue 6 (SMTP AUTH) is ``auth_user``:
-    a session that authenticated passes here; issue 6 adds ``require_auth`` and "an
-    authenticated user may send only as their own addresses" on top, in this module.
+    A session that authenticated (``auth_user``) may, from anywhere; so may a client inside
+    ``networks`` (``[smtp] trusted_networks``) without authenticating. Everyone else is refused.
+    ``require_auth`` does not change *who* gets in, only what the refusal says: "authenticate
+    first" (``auth_required``, answered 530) rather than "not trusted" (550), for a bridge that
+    is meant to be used with SMTP AUTH from outside.
     """
     if auth_user:
         return ALLOWED
     if peer_trusted(ip, networks):
         return ALLOWED
+    if require_auth:
+        return Decision(False, "authentication required", auth_required=True)
     return Decision(False, f"{ip or 'this client'} may not send through this bridge "
                            "(not in [smtp] trusted_networks)")
+
+
+def check_auth_sender(address: str, user: str, addresses: Iterable[str]) -> Decision:
+    """An authenticated ``user`` may send only as the ``addresses`` assigned to them in the users
+    file (exact addresses or ``*@domain``): a password lets a person spend money, and the notice
+    for that spending must go to them, not to whoever they claim to be."""
+    if sender_allowed(address, tuple(a for a in addresses if a.strip() != "*")):
+        return ALLOWED
+    return Decision(False, f"{address or '<>'} is not an address user {user} may send as")
 
 
 # --- loops and notices ----------------------------------------------------------------------

@@ -127,6 +127,29 @@ NULL_SENDER = Reply(550, "5.7.1", "a fax request needs a sender to report the re
 # Autoresponders answer mail; they never mean to send a fax (and faxing costs money).
 AUTO_REPLY = Reply(550, "5.7.1", "auto-replies (Auto-Submitted: auto-replied) are not faxed")
 
+# --- SMTP AUTH and sender authentication (issue 6; see SECURITY.md) -----------------------
+
+# require_auth: a client outside trusted_networks must authenticate first (RFC 4954 §6).
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required: log in (after STARTTLS) to send "
+                                    "through this bridge")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+# Deliberately says nothing about which of user name and password was wrong.
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+# An authenticated user sending as an address that is not theirs (MAIL FROM or From:).
+NOT_YOUR_ADDRESS = Reply(550, "5.7.1", "{address} is not an address user {user} may send as")
+# [smtp] require_dmarc: no trusted Authentication-Results header vouches for the From: domain.
+DMARC_FAILED = Reply(550, "5.7.1", "the sender could not be verified: {reason}")
+
+# --- quotas ([limits], per envelope sender per rolling 24 hours) --------------------------
+
+# Temporary: the sender has used their allowance; it frees up as the 24-hour window moves on,
+# so the MTA keeps the mail and retries.
+QUOTA_REACHED = Reply(452, "4.7.1", "daily quota reached for {sender}: {detail}; "
+                                    "try again later")
+# Permanent: this one mail needs more than the whole daily allowance; retrying cannot help.
+QUOTA_EXCEEDED = Reply(550, "5.7.1", "this mail alone exceeds the daily quota for {sender}: "
+                                     "{detail}")
+
 # --- recipients ---------------------------------------------------------------------------
 
 BAD_NUMBER = Reply(553, "5.1.3", "cannot fax this number: {reason}")
@@ -150,6 +173,8 @@ SMS_TOO_LONG = Reply(554, "5.6.0", "the SMS would take {parts} parts ({units} {e
                                    "the limit is {limit} parts ([sms] max_parts)")
 TOO_COMPLEX = Reply(554, "5.6.0", "the message structure is too complex to fax ({detail})")
 TOO_BIG = Reply(552, "5.3.4", "message too big: at most {limit} bytes")
+# [smtp] max_header_bytes: a huge header section is a parser attack, never a real fax request.
+HEADERS_TOO_BIG = Reply(552, "5.3.4", "the message header section is too big: at most {limit} bytes")
 # RFC 5321 2.3.8: lines end in CRLF. A lone CR or LF is how SMTP smuggling hides a second
 # message or header (Subject: x<LF>Bcc: y) from one parser and shows it to the next.
 BARE_LINE_ENDING = Reply(550, "5.5.2", "bare CR or LF in the message; lines must end with CRLF")

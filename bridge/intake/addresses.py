@@ -1,9 +1,14 @@
 """Envelope recipients → fax/SMS numbers, or the exact SMTP refusal. Pure.
 
 Only ``<number>@<fax_domain>`` and ``<number>@<sms_domain>`` are ours; every other address is
-relaying and refused ``550 5.7.1``. The domain must match exactly (case-insensitively): not
-as a suffix (``fax.local.evil.com``), not with a trailing dot, not via ``%``-hacks in the local
-part (a ``%`` is not a phone-number character, so the number check refuses it).
+relaying and refused ``550 5.7.1``. The domain must match exactly (case-insensitively, but never
+after Unicode normalisation: ``ｆａｘ.local`` and a Cyrillic ``fаx.local`` are other domains): not
+as a suffix (``fax.local.evil.com``), not as a parent (``evil.fax.local``), not with a trailing
+dot, not an address literal. A local part that carries another routing (``%``-hack
+``0298765432%evil.com``, bang path ``evil!0298765432``, a quoted ``"x@evil.com"``) is refused as
+relaying too, before the number check would call it a bad number: what it is, is an attempt to
+route mail elsewhere. Source routes (``<@a:b@c>``) are refused by the SMTP session
+(:mod:`bridge.intake.server`), because aiosmtpd strips them before our hook sees the address.
 """
 
 from __future__ import annotations

@@ -13,22 +13,30 @@ Durability rules (DESIGN.md, pitfalls.md):
   aiosmtpd cancels us; the store write, once started, is shielded and completes (the client
   never saw 250, its MTA re-sends, dedupe answers that copy 250 without a second fax).
 - Any unexpected exception becomes ``451 4.3.0`` (try again), never aiosmtpd's ``500``.
+
+Who may send (SECURITY.md): MAIL checks the client (trusted network or SMTP AUTH), the envelope
+sender (allow-list, and an authenticated user's own addresses); RCPT checks the recipient
+(never relay) and the sender's quota; DATA checks the header From: the same way, the DMARC
+verdict of the trusted MTA when required, and the quota again with this mail's cost, in the same
+critical section as the store write so that concurrent sessions cannot overrun it together.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bridge import policy, replies
+from bridge import policy, quota, replies
 from bridge.config import Config
 from bridge.intake.addresses import Recipient, parse_recipient
-from bridge.intake.message import DEFAULT_LIMITS, Limits, build_mail
+from bridge.intake.message import Limits, build_mail
 from bridge.replies import Refused
-from bridge.store import AsyncStore
+from bridge.store import AsyncStore, NewMail, Store
+from bridge.users import Authenticator
 
 __all__ = ["IntakeHandler", "peer_ip"]
 
@@ -43,20 +51,41 @@ def peer_ip(session: Session) -> str | None:
     return None
 
 
+# At most this many password checks (scrypt: ~30 ms of CPU and 16 MiB each) run at once; the
+# rest wait their turn. A flood of AUTH attempts then costs a bounded share of the machine.
+AUTH_CONCURRENCY = 2
+
+
+def _known_dedupe_keys(store: Store, keys: Sequence[str]) -> set[str]:
+    """The keys already in the dedupe table (runs on the store's thread)."""
+    if not keys:
+        return set()
+    rows = store.db.execute(
+        f"SELECT key FROM dedupe WHERE key IN ({','.join('?' * len(keys))})", list(keys))  # noqa: S608
+    return {r[0] for r in rows}
+
+
 class IntakeHandler:
-    """aiosmtpd handler for the fax (and, with issue 5, SMS) intake.
+    """aiosmtpd handler for the fax and SMS intake.
 
     ``on_accepted`` is called (synchronously, must not block) after new jobs were committed,
-    to wake the sender.
+    to wake the sender. ``users`` checks SMTP AUTH logins (None: nobody can log in).
     """
 
-
     def __init__(self, config: Config, store: AsyncStore, *,
-                 on_accepted: Callable[[], None] = lambda: None, limits: Limits = DEFAULT_LIMITS) -> None:
+                 on_accepted: Callable[[], None] = lambda: None, limits: Limits | None = None,
+                 users: Authenticator | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
         self.on_accepted = on_accepted
-        self.limits = limits
+        self.limits = limits or Limits.from_config(config)
+        self.users = users
+        self.quota = quota.Quota.from_config(config.limits)
+        self.clock = clock
+        # Quota check + store write, one mail at a time (only when quotas are on).
+        self._quota_lock = asyncio.Lock()
+        self._auth_slots = asyncio.Semaphore(AUTH_CONCURRENCY)
         # Mails between the end of DATA and their reply, so that a graceful stop can let
         # them finish (see wait_idle).
         self._busy = 0
@@ -66,15 +95,40 @@ class IntakeHandler:
     # --- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def auth_user(session: Session) -> str:
+    def session_user(session: Session) -> str:
         """The SMTP AUTH identity of the session, "" when it did not authenticate.
 
-        The seam for issue 6: its authenticator returns ``AuthResult(success=True,
-        auth_data=<user name>)``; until then no session authenticates.
+        (Not called ``auth_…``: aiosmtpd takes every handler method named ``auth_*`` for an AUTH
+        mechanism and would advertise it.)
         """
         if getattr(session, "authenticated", False) and getattr(session, "auth_data", None):
             return str(session.auth_data)
         return ""
+
+    async def authenticate(self, login: bytes, password: bytes) -> str | None:
+        """The user name when the login is right, else None. The scrypt check runs in a worker
+        thread, at most AUTH_CONCURRENCY at a time: the event loop never waits for it."""
+        if self.users is None:
+            return None
+        async with self._auth_slots:
+            user = await asyncio.to_thread(self.users.check, login, password)
+        shown = login.decode("utf-8", "replace")[:100]
+        if user is None:
+            log.info("smtp_auth_failed", login=shown)
+            return None
+        log.info("smtp_auth", user=user.name)
+        return user.name
+
+    def user_addresses(self, user: str) -> tuple[str, ...]:
+        """The addresses an authenticated user may send as; none when the user was removed
+        from the file since logging in."""
+        found = self.users.user(user) if self.users is not None else None
+        return found.addresses if found is not None else ()
+
+    async def _usage(self, sender: str) -> quota.Usage:
+        faxes, pages, parts = await self.store.sender_usage_since(
+            sender, self.clock() - quota.WINDOW_SECONDS)
+        return quota.Usage(faxes, pages, parts)
 
     def recipient(self, address: str) -> Recipient:
         smtp = self.config.smtp
@@ -88,23 +142,36 @@ class IntakeHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         # Every reply we give carries an RFC 3463 code; RFC 2034 says to advertise that.
         session.host_name = hostname  # the new-style hook must record it itself
+        if self.users is None:
+            # No users file: nobody can log in, so do not offer AUTH (after STARTTLS) at all.
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         ip = peer_ip(session)
-        client = policy.check_client(ip, self.config.smtp.trusted_networks,
-                                     auth_user=self.auth_user(session) or None)
+        user = self.session_user(session)
+        smtp = self.config.smtp
+        client = policy.check_client(ip, smtp.trusted_networks, auth_user=user or None,
+                                     require_auth=smtp.require_auth)
         if not client:
             log.info("intake_refused", stage="MAIL", peer=ip, reason=client.reason)
+            if client.auth_required:
+                return str(replies.AUTH_REQUIRED)
             return replies.PEER_NOT_TRUSTED.format(ip=ip or "this client")
         if address in ("", "<>"):
             log.info("intake_refused", stage="MAIL", peer=ip, reason="null sender")
             return str(replies.NULL_SENDER)
-        sender = policy.check_envelope_sender(address, self.config.smtp.allowed_senders)
+        sender = policy.check_envelope_sender(address, smtp.allowed_senders)
         if not sender:
             log.info("intake_refused", stage="MAIL", peer=ip, sender=address, reason=sender.reason)
             return replies.SENDER_NOT_ALLOWED.format(reason=sender.reason)
+        if user:
+            own = policy.check_auth_sender(address, user, self.user_addresses(user))
+            if not own:
+                log.info("intake_refused", stage="MAIL", peer=ip, sender=address, user=user,
+                         reason=own.reason)
+                return replies.NOT_YOUR_ADDRESS.format(address=address, user=user)
         # A hook that answers must record the sender itself (aiosmtpd does it only by default).
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -121,6 +188,14 @@ class IntakeHandler:
             log.info("intake_refused", stage="RCPT", peer=peer_ip(session), rcpt=address,
                      reply=refused.reply)
             return refused.reply
+        if self.quota.active and envelope.mail_from:
+            # Used up already: say so before the client sends the data (452: it frees up).
+            over = quota.check_recipient(rcpt.kind, await self._usage(envelope.mail_from),
+                                         self.quota)
+            if over:
+                log.info("intake_refused", stage="RCPT", peer=peer_ip(session),
+                         sender=envelope.mail_from, reason=f"quota: {over.detail}")
+                return replies.QUOTA_REACHED.format(sender=envelope.mail_from, detail=over.detail)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK.format(kind="fax" if rcpt.kind == "fax" else "SMS",
@@ -177,11 +252,24 @@ class IntakeHandler:
         recipients = [self.recipient(a) for a in envelope.rcpt_tos]
         mail_from = envelope.mail_from or ""
         ip = peer_ip(session) or ""
+        user = self.session_user(session)
+        smtp = self.config.smtp
+        # An authenticated user proved who they are with a password; DMARC is how a mail
+        # relayed by the trusted MTA proves it, so it is asked of unauthenticated mail only.
+        dmarc_id = smtp.trusted_authserv_id if smtp.require_dmarc and not user else ""
         # MIME parsing, pypdf and fpdf2 are CPU work on hostile input: off the event loop.
         mail = await asyncio.to_thread(
             build_mail, raw, mail_from=mail_from, recipients=recipients, config=self.config,
-            peer=ip, auth_user=self.auth_user(session), limits=self.limits)
-        result = await self.store.accept(mail)
+            peer=ip, auth_user=user, auth_addresses=self.user_addresses(user) if user else None,
+            dmarc_authserv_id=dmarc_id, limits=self.limits)
+        if self.quota.active:
+            # Checked and committed under one lock: two sessions of the same sender cannot both
+            # pass the check and then together go over the limit.
+            async with self._quota_lock:
+                await self._check_quota(mail)
+                result = await self.store.accept(mail)
+        else:
+            result = await self.store.accept(mail)
         if not result.job_ids:
             log.info("intake_duplicate", sender=mail_from, message_id=mail.message_id)
             return str(replies.ALREADY_QUEUED)
@@ -189,6 +277,20 @@ class IntakeHandler:
                  documents=len(mail.documents), message_id=mail.message_id)
         self._wake()
         return replies.QUEUED.format(ids=", ".join(str(i) for i in result.job_ids))
+
+    async def _check_quota(self, mail: NewMail) -> None:
+        """Raises Refused (452 4.7.1 or 550 5.7.1, see bridge.quota) when this mail would take its
+        sender over a daily limit. Jobs the store already has (a re-sent copy) cost nothing."""
+        keys = [j.dedupe_key for j in mail.jobs]
+        fresh = set(keys) - await self.store.call(_known_dedupe_keys, self.store.sync, keys)
+        if not fresh:
+            return  # store.accept answers it as a duplicate
+        adds = quota.cost(mail, fresh)
+        over = quota.check_mail(await self._usage(mail.mail_from), adds, self.quota)
+        if over is None:
+            return
+        reply = replies.QUOTA_REACHED if over.temporary else replies.QUOTA_EXCEEDED
+        raise Refused(reply.format(sender=mail.mail_from, detail=over.detail))
 
     def _wake(self) -> None:
         # The mail is committed: a failing callback must not turn that into a 451 (the MTA

@@ -6,26 +6,71 @@ stray sessions. So the server is ``loop.create_server(factory, host, port)``, an
 where the connection cap lives, because aiosmtpd has none (its maintainers declined one):
 beyond ``[smtp] max_connections`` a new client gets ``421 4.7.0`` and is closed before a session
 (and its buffers) exists.
+
+STARTTLS and SMTP AUTH: with ``[smtp] tls_cert``/``tls_key`` the session offers STARTTLS, and AUTH
+PLAIN/LOGIN only after it (``auth_require_tls``: a password never crosses the wire in clear).
+STARTTLS is not *required*: clients in ``trusted_networks`` may send without it. aiosmtpd's
+built-in PLAIN/LOGIN call their authenticator synchronously, in the event loop; a password check
+that is worth anything (scrypt) takes ~30 ms, so :class:`_Session` re-implements the two
+mechanisms (aiosmtpd's parsing, line for line) around an awaited check that runs in a worker
+thread (:meth:`IntakeHandler.authenticate`). A failed login is answered after a pause
+(``auth_failure_delay``), and ``command_call_limit`` allows 3 AUTH commands per connection:
+guessing passwords costs a new connection every 3 tries and a second or more per try.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
+import logging
+import re
+import ssl
+from base64 import b64decode
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from bridge import replies
 from bridge.config import Config
 from bridge.intake.handler import IntakeHandler
 from bridge.store import AsyncStore
+from bridge.users import Authenticator
 
-__all__ = ["SmtpIntake", "command_limits"]
+__all__ = ["SmtpIntake", "command_limits", "make_tls_context"]
 
 log = structlog.get_logger(__name__)
+
+_SOURCE_ROUTE = re.compile(r"\s*TO:\s*<\s*@", re.IGNORECASE)
+
+# How long a wrong password waits for its answer (not the event loop: this session only).
+AUTH_FAILURE_DELAY_SECONDS = 1.0
+
+
+def _not_login_data_warning(record: logging.LogRecord) -> bool:
+    # aiosmtpd sets the deprecated Session.login_data on every successful AUTH, which logs a
+    # warning each time; it says nothing to an operator.
+    return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_not_login_data_warning)
+
+
+def make_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context for STARTTLS, or None without ``[smtp] tls_cert``.
+
+    Raises OSError (ssl.SSLError is one) when the certificate or key cannot be loaded.
+    """
+    smtp = config.smtp
+    if not smtp.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # no client certificates
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.path(smtp.tls_cert), config.path(smtp.tls_key))
+    return context
+
 
 # How long stop() lets a mail that is already being accepted finish (so its client gets the
 # 250 for a mail we commit anyway) before it closes the remaining sessions.
@@ -40,7 +85,7 @@ def command_limits(config: Config) -> dict[str, int]:
     client needs once or twice; RCPT allows ``max_recipients`` for each of many mails.
     """
     return {
-        "AUTH": 3,  # issue 6: password guessing
+        "AUTH": 3,  # password guessing: a new connection every 3 tries
         "EHLO": 5, "HELO": 5, "STARTTLS": 2,
         "VRFY": 5, "EXPN": 5, "HELP": 5, "NOOP": 20,
         "RCPT": 10 * (config.smtp.max_recipients + 5),
@@ -74,6 +119,62 @@ class _Session(SMTP):
         finally:
             self._intake._release(self)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        # aiosmtpd drops a source route (RFC 5321 §3.6.1, <@relay:user@domain>) and hands our
+        # hook only "user@domain". A client that still writes one is asking us to relay.
+        if arg and _SOURCE_ROUTE.match(arg):
+            log.info("intake_refused", stage="RCPT", rcpt=arg[:200], reason="source route")
+            await self.push(replies.RELAY_DENIED.format(fax_domain=self._intake.config.smtp.fax_domain))
+            return
+        await super().smtp_RCPT(arg)
+
+    # --- AUTH: aiosmtpd's PLAIN and LOGIN, with an awaited (threaded) password check ---------
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False)  # challenge_auth answered already
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        try:
+            # RFC 4616: authzid NUL authcid NUL passwd; the authzid is ignored.
+            _authzid, login, password = blob.split(b"\x00")
+        except ValueError:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check_login(login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._check_login(login, password)
+
+    async def _check_login(self, login: bytes, password: bytes) -> AuthResult:
+        user = await self._intake.handler.authenticate(login, password)
+        if user is None:
+            await asyncio.sleep(self._intake.auth_failure_delay)
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_FAILED))
+        return AuthResult(success=True, auth_data=user, message=str(replies.AUTH_OK))
+
 
 class _Refuse(asyncio.Protocol):
     """A connection we will not serve: one reply (421: "try again later"), then close."""
@@ -91,10 +192,19 @@ class SmtpIntake:
     """The SMTP intake server: ``await start()``, ``port``, ``await stop()``."""
 
     def __init__(self, config: Config, store: AsyncStore, *,
-                 on_accepted: Callable[[], None] = lambda: None) -> None:
+                 on_accepted: Callable[[], None] = lambda: None,
+                 users: Authenticator | None = None,
+                 auth_failure_delay: float = AUTH_FAILURE_DELAY_SECONDS) -> None:
+        """Raises OSError when the TLS certificate cannot be loaded, and
+        :class:`~bridge.users.UsersFileError` when the users file is broken: both stop the
+        daemon at start-up rather than leave it running without what the operator asked for."""
         self.config = config
         self.store = store
-        self.handler = IntakeHandler(config, store, on_accepted=on_accepted)
+        self.tls_context = make_tls_context(config)
+        if users is None and config.smtp.users_file:
+            users = Authenticator(config.path(config.smtp.users_file))
+        self.auth_failure_delay = auth_failure_delay
+        self.handler = IntakeHandler(config, store, on_accepted=on_accepted, users=users)
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
         self._closing = False
@@ -125,6 +235,9 @@ class SmtpIntake:
             decode_data=False,  # keep the bytes: the bare-LF check and the parser need them
             timeout=smtp.idle_timeout_seconds,
             command_call_limit=command_limits(self.config),
+            tls_context=self.tls_context,
+            require_starttls=False,  # trusted networks may send in clear; AUTH needs TLS anyway
+            auth_require_tls=True,
         )
         self._sessions.add(session)
         return session
