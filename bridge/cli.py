@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge import config as config_mod
 from bridge.cli_inbox import add_inbox_parser, run_inbox
+from bridge.cli_user import add_user_parser, run_user
 from bridge.config import Config, ConfigError
 
 DEFAULT_CONFIG = "bridge.toml"
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     add_inbox_parser(sub)
+    add_user_parser(sub)
 
     p = sub.add_parser("sim", help="run the GoFax simulator on its own port",
                        description="Run the GoFax simulator standalone, to try the API by hand "
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"faxbridge: config error: {exc}", file=sys.stderr)
         return 2
     handler = {"run": _run, "check": _check, "jobs": _jobs, "retry": _retry,
-               "inbox": run_inbox}[args.command]
+               "inbox": run_inbox, "user": run_user}[args.command]
     try:
         return handler(config, args)
     except KeyboardInterrupt:
@@ -131,11 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(config: Config, _args: argparse.Namespace) -> int:
     from bridge import log
     from bridge.app import App
+    from bridge.users import UsersFileError
 
     log.setup(config.log.level, config.log.format)
     try:
         asyncio.run(App(config).serve())
-    except OSError as exc:
+    except (OSError, UsersFileError) as exc:
         print(f"faxbridge: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -151,6 +154,18 @@ def _check(config: Config, _args: argparse.Namespace) -> int:
         print(f"templates: {exc}", file=sys.stderr)
         return 1
     print("templates: OK")
+    from bridge.intake.server import make_tls_context
+    from bridge.users import UsersFileError, load_users
+
+    try:
+        if make_tls_context(config) is not None:
+            print("tls: certificate and key OK")
+        if config.smtp.users_file:
+            users = load_users(config.path(config.smtp.users_file))
+            print(f"users: {len(users)} in {config.path(config.smtp.users_file)}")
+    except (OSError, ValueError, UsersFileError) as exc:
+        print(f"smtp: {exc}", file=sys.stderr)
+        return 1
     if config.gofax.is_sandbox:
         print("gofax: sandbox (the built-in simulator; nothing is really sent)")
         return 0

@@ -470,6 +470,13 @@ def _check_whole(config: Config) -> None:
         value = getattr(config.smtp, key)
         if value and not config.path(value).is_file():
             raise ConfigError(src, f"[smtp] {key}", f"no such file: {config.path(value)}")
+    if config.smtp.users_file and not config.smtp.tls_cert:
+        raise ConfigError(src, "[smtp] users_file",
+                          "SMTP AUTH is offered only after STARTTLS: set tls_cert and tls_key too")
+    if config.smtp.require_auth and not config.smtp.users_file:
+        raise ConfigError(src, "[smtp] require_auth",
+                          "needs users_file (and tls_cert/tls_key): otherwise nobody outside "
+                          "trusted_networks could ever send")
     if config.smtp.require_dmarc and not config.smtp.trusted_authserv_id:
         raise ConfigError(src, "[smtp] trusted_authserv_id",
                           "require_dmarc needs the authserv-id of your MTA's Authentication-Results")

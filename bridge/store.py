@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_gofax ON jobs (kind, gofax_id);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);  -- quotas: usage in the last day
 
 CREATE TABLE IF NOT EXISTS job_events (
     id INTEGER PRIMARY KEY,
@@ -349,6 +350,14 @@ class Store:
                 db.execute("INSERT INTO dedupe VALUES (?,?,?)", (job.dedupe_key, mail_id, now))
                 self._event(db, job_id, "", State.QUEUED, "accepted")
             return AcceptResult(mail_id, tuple(ids), tuple(sorted(seen)))
+
+    def known_dedupe_keys(self, keys: Sequence[str]) -> set[str]:
+        """The keys of ``keys`` already accepted (a re-sent copy of a mail)."""
+        if not keys:
+            return set()
+        rows = self.db.execute(
+            f"SELECT key FROM dedupe WHERE key IN ({','.join('?' * len(keys))})", list(keys))
+        return {r[0] for r in rows}
 
     def forget_dedupe(self, older_than_seconds: float) -> int:
         with self.tx() as db:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bridge.config import Config
 
@@ -71,7 +72,8 @@ def make_app(config: Config, *, on_sent_hint: Callable[[str, int], Awaitable[boo
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_WEBHOOK_BYTES,
                                                 actual_size=request.content_length or 0,
                                                 text="too large\n") from None
-        except ValueError:
+        except (ValueError, HttpProcessingError):
+            # A broken form or multipart body (aiohttp raises BadHttpMessage for the latter).
             raise web.HTTPBadRequest(text="malformed form body\n") from None
 
     def sent_hook(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -103,6 +103,10 @@ BAD = [
     ('[numbers]\ndefault_region = "XX"\n', ["default_region", "region code"]),
     ('[web]\nwebhook_user = "gofax"\n', ["webhook_password", "both or neither"]),
     ('[mail]\nsmarthost = "mail.example.com"\n', ["[mail] smarthost", "host:port"]),
+    ('[smtp]\nusers_file = "users"\n', ["[smtp] users_file", "STARTTLS"]),
+    ("[smtp]\nrequire_auth = true\n", ["[smtp] require_auth", "needs users_file"]),
+    ('[smtp]\ntls_cert = "nope.pem"\ntls_key = "nope.key"\n', ["[smtp] tls_cert", "no such file"]),
+    ("[smtp]\nrequire_dmarc = true\n", ["trusted_authserv_id"]),
     ("[smtp\nlisten=1\n", ["not valid TOML"]),
     ("smtp = 3\n", ["smtp", "expected a [smtp] table"]),
 ]

@@ -126,11 +126,7 @@ async def test_an_oversized_body_without_auth_is_401_first(daemon: Daemon) -> No
     ({"ID": "1e3"}, None),
     ('{"ID": 1}', {"Content-Type": "application/json"}),             # not a form
     (b"\xff\xfe\x00garbage", {"Content-Type": "application/x-www-form-urlencoded"}),
-    pytest.param(b"--x\r\nbroken multipart", {"Content-Type": "multipart/form-data; boundary=x"},
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "bridge/web.py read_form catches only ValueError; aiohttp raises "
-                     "http_exceptions.BadHttpMessage (InvalidHeader) for a broken multipart "
-                     "body, which becomes a 500"))),
+    (b"--x\r\nbroken multipart", {"Content-Type": "multipart/form-data; boundary=x"}),
 ])
 async def test_malformed_bodies_are_400(daemon: Daemon, data: Any, headers: dict[str, str] | None) -> None:
     status, _ = await post(daemon, FAX_SENT_PATH, data, headers=headers)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -35,7 +35,7 @@ from bridge.config import Config
 from bridge.intake.addresses import Recipient, parse_recipient
 from bridge.intake.message import Limits, build_mail
 from bridge.replies import Refused
-from bridge.store import AsyncStore, NewMail, Store
+from bridge.store import AsyncStore, NewMail
 from bridge.users import Authenticator
 
 __all__ = ["IntakeHandler", "peer_ip"]
@@ -54,15 +54,6 @@ def peer_ip(session: Session) -> str | None:
 # At most this many password checks (scrypt: ~30 ms of CPU and 16 MiB each) run at once; the
 # rest wait their turn. A flood of AUTH attempts then costs a bounded share of the machine.
 AUTH_CONCURRENCY = 2
-
-
-def _known_dedupe_keys(store: Store, keys: Sequence[str]) -> set[str]:
-    """The keys already in the dedupe table (runs on the store's thread)."""
-    if not keys:
-        return set()
-    rows = store.db.execute(
-        f"SELECT key FROM dedupe WHERE key IN ({','.join('?' * len(keys))})", list(keys))  # noqa: S608
-    return {r[0] for r in rows}
 
 
 class IntakeHandler:
@@ -282,7 +273,7 @@ class IntakeHandler:
         """Raises Refused (452 4.7.1 or 550 5.7.1, see bridge.quota) when this mail would take its
         sender over a daily limit. Jobs the store already has (a re-sent copy) cost nothing."""
         keys = [j.dedupe_key for j in mail.jobs]
-        fresh = set(keys) - await self.store.call(_known_dedupe_keys, self.store.sync, keys)
+        fresh = set(keys) - await self.store.known_dedupe_keys(keys)
         if not fresh:
             return  # store.accept answers it as a duplicate
         adds = quota.cost(mail, fresh)
