@@ -69,6 +69,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,900}>")
 
 
+SMS_TEXT_LIMIT = 5000
+
+
 class NoticeError(Exception):
     """A notice could not be built: a template is missing, broken or uses an unknown variable."""
 
@@ -342,7 +345,10 @@ class Notices:
         title = f"SMS from {number}"
         facts = [("From", number), ("To", clean_header_text(display_number(reply.to_number), 60)),
                  ("Received", self.format_time(when)), ("GoFax reply ID", str(reply.gofax_id))]
-        ctx = {"title": title, "number": number, "message": reply.message,
+        # A reply is at most a few concatenated parts; anything longer is not a real SMS.
+        text = reply.message if len(reply.message) <= SMS_TEXT_LIMIT else (
+            reply.message[:SMS_TEXT_LIMIT] + " [… cut: the text was longer]")
+        ctx = {"title": title, "number": number, "message": text,
                "received": self.format_time(when), "reply_to": reply_to or "",
                "gofax_id": reply.gofax_id, "facts": facts}
         extra = {"X-Faxbridge-Sms": str(reply.gofax_id)}

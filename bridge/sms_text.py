@@ -134,8 +134,16 @@ def _pack(costs: Iterable[int], total: int, single: int, multi: int) -> int:
     return parts
 
 
+_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
 def count_parts(text: str) -> SmsParts:
-    """Encoding, size and number of parts of `text`, after to_gsm7_friendly when that helps."""
+    """Encoding, size and number of parts of `text`, after to_gsm7_friendly when that helps.
+
+    Control characters other than line breaks are dropped first: they are invisible on a
+    handset and an ESC would start a GSM-7 escape sequence of its own.
+    """
+    text = _CONTROLS.sub("", text)
     friendly = to_gsm7_friendly(text)
     if is_gsm7(friendly):
         costs = [2 if ch in _EXTENSION_SET else 1 for ch in friendly]

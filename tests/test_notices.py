@@ -453,6 +453,12 @@ def test_sms_reply_without_a_matched_sms(notices: Notices) -> None:
     assert msg["Reply-To"] == "61412345678@sms.local"      # [smtp] sms_domain by default
 
 
+def test_a_huge_sms_reply_is_cut(notices: Notices) -> None:
+    reply = IncomingSms(557, "61412345678", "61400000000", "x" * 100_000, None)
+    text = text_of(parse(notices.sms_reply(reply, "a@example.com")))
+    assert "x" * 5000 in text and "x" * 5001 not in text and "cut" in text
+
+
 # --- alerts and helpers -------------------------------------------------------------------------
 
 def test_operator_alert(notices: Notices) -> None:

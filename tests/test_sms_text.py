@@ -539,3 +539,8 @@ def test_reply_text_to_parts_end_to_end() -> None:
     assert parts.parts == 1
     assert "we'll" in parts.text
     assert " - please" in parts.text
+
+
+def test_control_characters_are_not_sent() -> None:
+    parts = count_parts("Hi\x00 there\x1b!\nBye\x7f")
+    assert parts.text == "Hi there!\nBye" and parts.encoding == "GSM-7"

@@ -106,13 +106,15 @@ class MailContent:
 
 # --- raw bytes --------------------------------------------------------------------------------
 
-_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 def has_bare_line_ending(raw: bytes) -> bool:
     """A CR or LF that is not part of CRLF (aiosmtpd only splits DATA at CRLF, so a bare LF
     inside a line, ``Subject: x<LF>Bcc: y``, reaches us and ``email`` reads two headers)."""
-    return _BARE_CR_OR_LF.search(raw) is not None
+    # Counting is ~10x faster than a regex search over a whole mail: every LF and every CR
+    # must belong to a CRLF, so all three counts agree exactly when there is none bare.
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
 
 
 def header_bytes(raw: bytes) -> int:
