@@ -488,7 +488,7 @@ def test_html_only_body_is_converted_to_text() -> None:
             "<script>alert(1)</script></body></html>")
     [cover] = build(make_mail(body=None, html=html)).documents
     text = pdf_text(cover.data)
-    assert "Dear Bob," in text and "the totals are:" in text and "* one" in text
+    assert "Dear Bob," in text and "the totals are:" in text and "- one" in text
     assert "alert" not in text and "color" not in text
 
 
@@ -552,7 +552,7 @@ def test_cover_body_strips_signature_and_crlf() -> None:
 
 
 def test_html_to_text() -> None:
-    assert html_to_text("<div>a<br>b</div><table><tr><td>x</td><td>y</td></tr></table>") == "a\nb\n\nx y"
+    assert html_to_text("<div>a<br>b</div><table><tr><td>x</td><td>y</td></tr></table>") == "a\nb\nx y"
     assert html_to_text("<pre>  keep\n  this</pre>") == "keep\nthis"
     assert html_to_text("&lt;tag&gt; &amp; &#8364;") == "<tag> & €"
 

@@ -35,7 +35,6 @@ from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import make_msgid, parsedate_to_datetime
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import cast
 
@@ -45,7 +44,7 @@ from bridge.intake.addresses import Recipient, unique_by_number
 from bridge.intake.cover import CoverFields, make_cover
 from bridge.intake.documents import ACCEPTED, classify, display_filename, pdf_pages, safe_filename
 from bridge.replies import Refused
-from bridge.sms_text import count_parts, extract_sms_text
+from bridge.sms_text import count_parts, extract_sms_text, html_to_text
 from bridge.store import NewDocument, NewJob, NewMail
 
 __all__ = [
@@ -174,60 +173,6 @@ def _cover_date(msg: EmailMessage, now: datetime) -> str:
 
 
 # --- bodies -----------------------------------------------------------------------------------
-
-class _HTMLText(HTMLParser):
-    """HTML → plain text, crudely: enough for a cover page, no dependency."""
-
-    _BLOCK = frozenset({"p", "div", "tr", "table", "ul", "ol", "blockquote", "pre", "hr",
-                        "h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "header",
-                        "footer", "address", "dl", "dt", "dd", "center", "form", "fieldset"})
-    _SKIP = frozenset({"script", "style", "head", "title", "template", "noscript", "svg"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skip = 0
-        self.pre = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self.skip += 1
-        elif tag == "br":
-            self.out.append("\n")
-        elif tag == "li":
-            self.out.append("\n* ")
-        elif tag in ("td", "th"):
-            self.out.append(" ")
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-        if tag == "pre":
-            self.pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag in self._BLOCK or tag == "li":
-            self.out.append("\n")
-        if tag == "pre":
-            self.pre = max(0, self.pre - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self.skip:
-            return
-        # HTML collapses whitespace, except in <pre>.
-        self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str) -> str:
-    parser = _HTMLText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # html.parser is lenient, but a body must never fail a fax
-        parser.out = [re.sub(r"<[^>]*>", " ", html)]
-    lines = [line.strip() for line in "".join(parser.out).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
 
 _CID = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
 
