@@ -476,7 +476,10 @@ class _HtmlToText(HTMLParser):
 def html_to_text(html: str) -> str:
     """Visible text of an HTML body: line breaks from <br> and blocks, entities unescaped."""
     parser = _HtmlToText()
-    parser.feed(html)
+    try:
+        parser.feed(html)
+    except Exception:  # html.parser is lenient, but odd markup must never fail a mail
+        return re.sub(r"<[^>]*>", " ", html)
     return parser.text()
 
 

@@ -553,7 +553,7 @@ def test_cover_body_strips_signature_and_crlf() -> None:
 
 def test_html_to_text() -> None:
     assert html_to_text("<div>a<br>b</div><table><tr><td>x</td><td>y</td></tr></table>") == "a\nb\nx y"
-    assert html_to_text("<pre>  keep\n  this</pre>") == "keep\nthis"
+    assert html_to_text("<pre>  keep\n  this</pre>") == "  keep\n  this"
     assert html_to_text("&lt;tag&gt; &amp; &#8364;") == "<tag> & €"
 
 
