@@ -516,6 +516,13 @@ def test_cover_handles_any_characters() -> None:
     assert "Grüße" in text and "café" in text
 
 
+def test_a_latin_text_cover_needs_no_embedded_font() -> None:
+    [cover] = build(make_mail(body="Grüße — naïve café, 5 € total")).documents
+    text = pdf_text(cover.data)
+    assert "Grüße" in text and "naïve café" in text and "EUR" in text
+    assert b"/FontFile2" not in cover.data       # the core Courier font: fast and small
+
+
 def test_a_long_body_makes_a_multipage_cover_that_counts_itself() -> None:
     body = "\r\n".join(f"line {i}" for i in range(150))
     cover, _ = build(make_mail(body=body, attachments=[(make_pdf(2), "application/pdf", "a.pdf")])).documents

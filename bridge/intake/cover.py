@@ -115,12 +115,19 @@ def _printable(text: str, fits: set[int] | None) -> str:
     return "".join(out)
 
 
+def _needs_unicode(text: str) -> bool:
+    return any(ord(c) > 255 for c in text.translate(_LATIN1_FALLBACK)
+               if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+
+
 def text_to_pdf(text: str, *, title_lines: int = 1) -> tuple[bytes, int]:
     """Lays out text on A4 pages; the first ``title_lines`` are the title. → (PDF, pages)."""
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_creator("faxbridge")
     pdf.set_auto_page_break(auto=True, margin=15)
-    fonts = _ttf_fonts()
+    # Loading and subsetting a TrueType font costs ~100 ms a page; the core Courier font costs
+    # nothing, so the TTF is used only for text that Latin-1 cannot show.
+    fonts = _ttf_fonts() if _needs_unicode(text) else None
     if fonts:
         pdf.add_font("body", fname=fonts[0])
         pdf.add_font("body", style="B", fname=fonts[1])
