@@ -193,8 +193,8 @@ class Sender:
         else:
             poll_at = self.clock() + min(FIRST_POLL_SECONDS, self.config.gofax.status_poll_seconds)
             await self._record(job.id, State.SUBMITTING, State.SUBMITTED, gofax_id=result_id,
-                                  next_attempt_at=poll_at, last_error="",
-                                  detail=f"GoFax id {result_id}")
+                               next_attempt_at=poll_at, last_error="",
+                               detail=f"GoFax id {result_id}")
             log.info("job_submitted", job=job.id, gofax_id=result_id)
 
     async def _put(self, job: Job) -> int:
@@ -221,15 +221,34 @@ class Sender:
                                 maximum=self.config.gofax.retry_max_seconds,
                                 retry_after=exc.retry_after, rng=self.rng)
         await self._record(job.id, State.SUBMITTING, State.QUEUED, last_error=error,
-                              next_attempt_at=self.clock() + delay,
-                              detail=f"retry in {delay:.0f}s: {error}")
+                           next_attempt_at=self.clock() + delay,
+                           detail=f"retry in {delay:.0f}s: {error}")
         self.last_error = error
         log.warning("job_retry", job=job.id, delay_seconds=round(delay, 1), error=error)
 
     async def _hold(self, job: Job, error: str) -> None:
         await self._record(job.id, job.state, State.HELD, last_error=redact(error),
-                              detail="GoFax refused the token (401)")
+                           detail="GoFax refused the token (401)")
+        first = not self.held
         self._enter_held()
+        if first:
+            await self._alert_held()
+
+    async def _alert_held(self) -> None:
+        """The postmaster hears of a refused token once per day it lasts: held jobs are not an
+        outcome their senders are told about, so somebody must be."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
+        key = f"gofax-unauthorised:{day}"
+        mail = self.notices.operator_alert(
+            key, "faxbridge: GoFax refuses the API token; faxes and SMS are held",
+            "GoFax answered 401 Unauthorized: the API token is wrong or has expired (tokens last "
+            "at most 12 months). Nothing is lost: jobs are held and go out once the token works "
+            "again; faxbridge re-checks it automatically.\n\nFix [gofax] token (or "
+            "FAXBRIDGE_GOFAX_TOKEN), run 'faxbridge check', and restart faxbridge. "
+            "'faxbridge jobs --state held' lists what waits.",
+            self.config.receive.default_to)
+        if await self.store.alert_once(key, mail):
+            self.on_notice()
 
     def _enter_held(self) -> None:
         if not self.held:

@@ -188,9 +188,13 @@ async def test_an_expired_token_holds_jobs_and_they_go_when_it_works(daemon: Dae
     async with aiohttp.ClientSession() as http, http.get(web + "/healthz") as resp:
         assert resp.status == 503
         assert "401" in (await resp.text())
-    assert daemon.sink.messages == []          # held is not an outcome: nobody is told yet
+    # Held is not an outcome, so the sender is not told yet; the postmaster is, once.
+    [alert] = await daemon.notices(1)
+    assert alert.rcpt_tos == ["postmaster@localhost"]
+    assert "refuses the API token" in alert.message["Subject"]
     daemon.sim.token = good
-    await daemon.notices(1, timeout=10)
+    [_, notice] = await daemon.notices(2, timeout=10)
+    assert notice.rcpt_tos == ["alice@example.com"]
     assert daemon.job(1).state is State.SENT
     async with aiohttp.ClientSession() as http:
         async def healthy() -> bool:
