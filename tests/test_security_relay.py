@@ -134,12 +134,18 @@ async def test_an_untrusted_client_cannot_even_reach_rcpt(start_intake: IntakeFa
     intake.assert_empty()
 
 
-@pytest.mark.parametrize(("what", "rcpt", "expected"), [a for a in ATTEMPTS if a[2] != MALFORMED],
-                         ids=[a[0] for a in ATTEMPTS if a[2] != MALFORMED])
+def _parser_case(attempt: tuple[str, str, str]) -> bool:
+    # Malformed addresses never reach the parser, and source routes are refused by the session.
+    address = attempt[1].strip("<>")
+    return attempt[2] != MALFORMED and not (address.startswith("@") and ":" in address)
+
+
+PARSER_CASES = [a for a in ATTEMPTS if _parser_case(a)]
+
+
+@pytest.mark.parametrize(("what", "rcpt", "expected"), PARSER_CASES, ids=[a[0] for a in PARSER_CASES])
 def test_the_pure_parser_refuses_the_same(what: str, rcpt: str, expected: str) -> None:
     address = rcpt.strip("<>")
-    if address.startswith("@") and ":" in address:
-        pytest.skip("source routes are refused by the session (aiosmtpd strips them)")
     with pytest.raises(Refused) as info:
         parse_recipient(address, fax_domain="fax.local", sms_domain="sms.local")
     code, _, text = info.value.reply.partition(" ")
