@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon import Daemon
 from smtp_sink import SmtpSink
+from test_intake_smtp import Intake, IntakeFactory, IntakePool
 
+from bridge.config import FaxConfig, SmtpConfig, defaults
 from bridge.gofax.simulator import GoFaxSimulator, RedactingAccessLogger
 
 # ---------------------------------------------------------------- GoFax simulator fixtures
@@ -57,3 +60,29 @@ async def daemons() -> AsyncIterator[list[Daemon]]:
     yield started
     for d in started:
         await d.app.stop()
+
+
+# ---------------------------------------------------------------- SMTP intake fixtures
+
+
+@pytest.fixture
+async def intake_pool(tmp_path: Path) -> AsyncIterator[IntakePool]:
+    pool = IntakePool(tmp_path)
+    yield pool
+    await pool.stop_all()
+
+
+@pytest.fixture
+async def start_intake(intake_pool: IntakePool) -> IntakeFactory:
+    """``await start_intake(cover=..., **smtp settings)`` → a running intake on 127.0.0.1:0."""
+
+    async def start(cover: str = "auto", **smtp: Any) -> Intake:
+        smtp.setdefault("listen", "127.0.0.1:0")
+        return await intake_pool.start(defaults(smtp=SmtpConfig(**smtp), fax=FaxConfig(cover=cover)))
+
+    return start
+
+
+@pytest.fixture
+async def intake(start_intake: IntakeFactory) -> Intake:
+    return await start_intake()

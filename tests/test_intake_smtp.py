@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from test_intake_message import (
 )
 
 from bridge import replies
-from bridge.config import FaxConfig, SmtpConfig, defaults
+from bridge.config import Config
 from bridge.intake.server import SmtpIntake
 from bridge.replies import Reply
 from bridge.store import AsyncStore, Document, Job
@@ -59,31 +59,27 @@ class Intake:
 IntakeFactory = Callable[..., Awaitable[Intake]]
 
 
-@pytest.fixture
-async def start_intake(tmp_path: Path) -> AsyncIterator[IntakeFactory]:
-    """``await start_intake(cover=..., **smtp settings)`` → a running intake on 127.0.0.1:0."""
-    started: list[Intake] = []
+class IntakePool:
+    """Intakes a test starts (each with a store in tmp_path); all stopped after the test."""
 
-    async def start(cover: str = "auto", **smtp: Any) -> Intake:
-        smtp.setdefault("listen", "127.0.0.1:0")
-        cfg = defaults(smtp=SmtpConfig(**smtp), fax=FaxConfig(cover=cover))
-        store = AsyncStore.open(tmp_path / f"store{len(started)}.db")
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[Intake] = []
+
+    async def start(self, cfg: Config, *, db: str | None = None, **server_kw: Any) -> Intake:
+        store = AsyncStore.open(self.tmp_path / f"{db or f'store{len(self.started)}'}.db")
         wakes: list[float] = []
-        server = SmtpIntake(cfg, store, on_accepted=lambda: wakes.append(time.monotonic()))
+        server = SmtpIntake(cfg, store, on_accepted=lambda: wakes.append(time.monotonic()),
+                            **server_kw)
         await server.start()
         intake = Intake(server, store, wakes)
-        started.append(intake)
+        self.started.append(intake)
         return intake
 
-    yield start
-    for intake in started:
-        await intake.server.stop(grace_seconds=1)
-        intake.store.close()
-
-
-@pytest.fixture
-async def intake(start_intake: IntakeFactory) -> Intake:
-    return await start_intake()
+    async def stop_all(self) -> None:
+        for intake in self.started:
+            await intake.server.stop(grace_seconds=1)
+            intake.store.close()
 
 
 # --- clients --------------------------------------------------------------------------------

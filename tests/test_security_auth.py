@@ -17,18 +17,16 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_intake_message import make_mail, make_pdf
-from test_intake_smtp import Answer, Intake, Raw
+from test_intake_smtp import Answer, Intake, IntakePool, Raw
 
 from bridge import cli_user, policy, replies, users
 from bridge.config import FaxConfig, LimitsConfig, SmtpConfig, defaults
-from bridge.intake.server import SmtpIntake
-from bridge.store import AsyncStore
 from bridge.users import Authenticator, User, UsersFileError
 
 PASSWORD = "correct horse battery staple 7f3a"  # distinctive: test_security_secrets greps for it
@@ -71,10 +69,10 @@ SecureFactory = Callable[..., Awaitable[Intake]]
 
 
 @pytest.fixture
-async def secure_intake(tmp_path: Path, tls_files: tuple[Path, Path]) -> AsyncIterator[SecureFactory]:
+async def secure_intake(intake_pool: IntakePool, tmp_path: Path,
+                        tls_files: tuple[Path, Path]) -> SecureFactory:
     """``await secure_intake(users={name: (password, addresses)}, limits=..., **smtp)`` → an
     intake with STARTTLS and a users file (``users=None``: no users file)."""
-    started: list[Intake] = []
 
     async def start(users: dict[str, tuple[str, tuple[str, ...]]] | None = None,
                     limits: LimitsConfig | None = None, cover: str = "auto",
@@ -84,22 +82,14 @@ async def secure_intake(tmp_path: Path, tls_files: tuple[Path, Path]) -> AsyncIt
         smtp.setdefault("tls_cert", str(cert))
         smtp.setdefault("tls_key", str(key))
         if users is not None:
-            path = tmp_path / f"users{len(started)}"
+            path = tmp_path / f"users{len(intake_pool.started)}"
             write_users(path, users)
             smtp.setdefault("users_file", str(path))
         cfg = defaults(smtp=SmtpConfig(**smtp), fax=FaxConfig(cover=cover),
                        limits=limits or LimitsConfig(0, 0, 0))
-        store = AsyncStore.open(tmp_path / f"secure{len(started)}.db")
-        server = SmtpIntake(cfg, store, auth_failure_delay=0.01)
-        await server.start()
-        intake = Intake(server, store)
-        started.append(intake)
-        return intake
+        return await intake_pool.start(cfg, auth_failure_delay=0.01)
 
-    yield start
-    for intake in started:
-        await intake.server.stop(grace_seconds=1)
-        intake.store.close()
+    return start
 
 
 def answer(result: tuple[int, bytes]) -> Answer:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 
 import pytest
-import test_intake_smtp
 import test_security_auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +21,6 @@ from bridge import dmarc, replies
 from bridge.dmarc import ParseError
 
 # Fixtures shared with other modules.
-start_intake = test_intake_smtp.start_intake
 secure_intake = test_security_auth.secure_intake
 tls_files = test_security_auth.tls_files
 

@@ -13,14 +13,11 @@ import asyncio
 import time
 
 import pytest
-import test_intake_smtp
 from test_intake_message import make_mail, make_pdf, raw_mime, text_part
 from test_intake_smtp import Intake, IntakeFactory, Raw, send
 
 from bridge import replies
 from bridge.intake.server import command_limits
-
-start_intake = test_intake_smtp.start_intake  # the fixture, shared
 
 
 async def still_serving(intake: Intake) -> None:

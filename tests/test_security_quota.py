@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_intake_message import make_mail, make_pdf
-from test_intake_smtp import Answer, Intake, Raw, send
+from test_intake_smtp import Answer, Intake, IntakePool, Raw, send
 
 from bridge import quota, replies
 from bridge.config import FaxConfig, LimitsConfig, SmtpConfig, defaults
-from bridge.intake.server import SmtpIntake
 from bridge.quota import Quota, Usage
-from bridge.store import AsyncStore, NewDocument, NewJob, NewMail
+from bridge.store import NewDocument, NewJob, NewMail
 
 # --- pure ----------------------------------------------------------------------------------------
 
@@ -92,25 +91,16 @@ QuotaFactory = Callable[..., Awaitable[Intake]]
 
 
 @pytest.fixture
-async def quota_intake(tmp_path: Path) -> AsyncIterator[QuotaFactory]:
+async def quota_intake(intake_pool: IntakePool) -> QuotaFactory:
     """``await quota_intake(faxes=…, pages=…, sms=…, db="name")``: an intake with quotas on; the
     same ``db`` name reuses the store file (a restart)."""
-    started: list[Intake] = []
 
     async def start(faxes: int = 0, pages: int = 0, sms: int = 0, db: str = "store") -> Intake:
         cfg = defaults(smtp=SmtpConfig(listen="127.0.0.1:0"), fax=FaxConfig(cover="never"),
                        limits=LimitsConfig(faxes, pages, sms))
-        store = AsyncStore.open(tmp_path / f"{db}.db")
-        server = SmtpIntake(cfg, store)
-        await server.start()
-        intake = Intake(server, store)
-        started.append(intake)
-        return intake
+        return await intake_pool.start(cfg, db=db)
 
-    yield start
-    for intake in started:
-        await intake.server.stop(grace_seconds=1)
-        intake.store.close()
+    return start
 
 
 def fax(n: int = 0, pages: int = 1, sender: str = "Alice <alice@example.com>") -> bytes:

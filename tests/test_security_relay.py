@@ -9,15 +9,12 @@ checked with the same addresses.
 from __future__ import annotations
 
 import pytest
-import test_intake_smtp
 from test_intake_message import make_mail
 from test_intake_smtp import Answer, Intake, IntakeFactory, Raw
 
 from bridge import replies
 from bridge.intake.addresses import parse_recipient
 from bridge.replies import Refused
-
-start_intake = test_intake_smtp.start_intake  # the fixture, shared
 
 RELAY = "relay"      # refused as relaying: 550 5.7.1
 NUMBER = "number"    # at our domain, but not a phone number: 553 5.1.3 (issue 3's contract)

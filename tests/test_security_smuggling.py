@@ -14,7 +14,6 @@ import ssl
 
 import aiosmtpd
 import pytest
-import test_intake_smtp
 import test_security_auth
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,6 @@ from test_security_auth import SecureFactory, client_tls
 from bridge import replies
 from bridge.intake.message import has_bare_line_ending
 
-start_intake = test_intake_smtp.start_intake  # fixtures, shared
 secure_intake = test_security_auth.secure_intake
 tls_files = test_security_auth.tls_files
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 from test_intake_message import make_mail, make_pdf
-from test_intake_smtp import Intake, IntakeFactory, intake, send, start_intake
+from test_intake_smtp import Intake, IntakeFactory, send
 
 from bridge import replies
-
-__all__ = ["intake", "start_intake"]  # fixtures, imported for pytest
 
 MOBILE = "0412345678@sms.local"
 
