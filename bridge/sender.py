@@ -71,7 +71,7 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
-        """Runs until cancelled. In-flight submissions finish before cancellation returns."""
+        """Runs until cancelled. In-flight submissions get up to timeout_seconds + 5 s to finish."""
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -85,7 +85,11 @@ class Sender:
         finally:
             if tasks:
                 # A submission in flight is not abandoned half-way: its answer gets recorded.
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded, so that a store that cannot be written does not hang the stop; a job
+                # cut off here stays "submitting" and becomes uncertain (with a notice) at start.
+                _, late = await asyncio.wait(tasks, timeout=self.config.gofax.timeout_seconds + 5)
+                for task in late:
+                    task.cancel()
 
     async def _sleep(self) -> None:
         now = self.clock()
