@@ -173,6 +173,8 @@ SMS_TOO_LONG = Reply(554, "5.6.0", "the SMS would take {parts} parts ({units} {e
                                    "the limit is {limit} parts ([sms] max_parts)")
 TOO_COMPLEX = Reply(554, "5.6.0", "the message structure is too complex to fax ({detail})")
 TOO_BIG = Reply(552, "5.3.4", "message too big: at most {limit} bytes")
+# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets; mail clients wrap or encode longer ones.
+LINE_TOO_LONG = Reply(500, "5.5.2", "line too long: at most {limit} characters per line")
 # [smtp] max_header_bytes: a huge header section is a parser attack, never a real fax request.
 HEADERS_TOO_BIG = Reply(552, "5.3.4", "the message header section is too big: at most {limit} bytes")
 # RFC 5321 2.3.8: lines end in CRLF. A lone CR or LF is how SMTP smuggling hides a second

@@ -226,7 +226,10 @@ def pdf_pages(data: bytes, filename: str) -> int:
     from pypdf.errors import FileNotDecryptedError
 
     try:
-        reader = PdfReader(io.BytesIO(data))  # tries the empty user password by itself
+        # Buffered: pypdf sizes a stream with BytesIO.getbuffer(), which makes the BytesIO copy
+        # the bytes it shared (20 MB for a 20 MB fax); a BufferedReader has no getbuffer.
+        stream = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+        reader = PdfReader(stream)  # tries the empty user password by itself
         try:
             pages = len(reader.pages)
         except FileNotDecryptedError:

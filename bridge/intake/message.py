@@ -24,8 +24,10 @@ How a MIME tree is read:
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
+import secrets
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from datetime import datetime
 from email import errors as email_errors
 from email import message_from_bytes
 from email import policy as email_policy
+from email._encoded_words import decode_b  # the stdlib's base64 body decoding, defects and all
 from email.message import EmailMessage
 from email.utils import make_msgid, parsedate_to_datetime
 from pathlib import Path
@@ -60,6 +63,7 @@ __all__ = [
     "header_bytes",
     "html_to_text",
     "parse_bytes",
+    "payload_bytes",
     "sms_job",
     "template_dirs",
 ]
@@ -129,14 +133,163 @@ def body_hash(raw: bytes) -> str:
     The body, not the whole message: an MTA re-sending after a lost 250 may add or change trace
     headers, but it does not change the body.
     """
-    _, sep, body = raw.partition(b"\r\n\r\n")
-    return hashlib.sha256(body if sep else b"").hexdigest()
+    end = raw.find(b"\r\n\r\n")
+    # A view, not a slice: a slice would copy the whole body (28 MB for a 20 MB fax).
+    return hashlib.sha256(memoryview(raw)[end + 4:] if end >= 0 else b"").hexdigest()
 
 
 def parse_bytes(raw: bytes) -> EmailMessage:
-    # email.policy.default gives EmailMessage (get_content, iter_parts); the default compat32
-    # policy would not. The parser never raises: problems end up in .defects.
-    return cast(EmailMessage, message_from_bytes(raw, policy=email_policy.default))
+    """The stdlib's parse of ``raw``, with long base64 runs held aside (see :class:`StandIns`).
+
+    email.policy.default gives EmailMessage (get_content, iter_parts); the default compat32
+    policy would not. The parser never raises: problems end up in .defects.
+    """
+    reduced, stand_ins = StandIns.take(raw)
+    msg = cast(EmailMessage, message_from_bytes(reduced, policy=email_policy.default))
+    if stand_ins is not None:
+        stand_ins.settle(msg)
+    return msg
+
+
+# --- long base64 runs: parsed by the stdlib without passing through it ------------------------
+
+# Lines of base64 text without padding: the bulk of every attachment. None of them can be a
+# header (no colon), a continuation (no leading space) or a boundary (no "--"), so a run of them
+# can stand aside while the parser reads the structure around it.
+# Possessive ({32,}+): a plain repeat keeps a backtracking record per line, ~50 MB for 28 MB.
+_B64_RUN = re.compile(rb"^(?:[A-Za-z0-9+/]{1,998}\r\n){32,}+", re.MULTILINE)
+_NOT_B64 = re.compile(rb"[^A-Za-z0-9+/\r\n]")
+
+
+class StandIns:
+    """The long base64 runs of a mail, each replaced by a one-line token for the parser.
+
+    The stdlib parser keeps a part's body as a list of lines, then a str, and decodes from a
+    copy of that: a 20 MB attachment cost ~220 MB and most of the intake's CPU time. With the
+    runs aside it parses a few KB. Afterwards (:meth:`settle`) a part that will be decoded as an
+    attachment (base64, not text) keeps its tokens and is decoded by :func:`payload_bytes` from
+    the original bytes; every other part gets its text back, exactly as the parser had it.
+    """
+
+    def __init__(self, raw: bytes, spans: list[tuple[int, int]], prefix: str) -> None:
+        self.raw = raw
+        self.spans = spans  # raw[a:b]: a run without its last CRLF
+        self.prefix = prefix
+        self.token = re.compile(re.escape(prefix) + r"(\d+)Z")
+
+    @classmethod
+    def take(cls, raw: bytes) -> tuple[bytes, StandIns | None]:
+        """``raw`` with every long run replaced by a token line, and the runs."""
+        spans = [(m.start(), m.end() - 2) for m in _B64_RUN.finditer(raw)]
+        if not spans:
+            return raw, None
+        prefix = f"FAXBRIDGE{secrets.token_hex(8)}R"
+        while prefix.encode() in raw:  # a mail that quotes a token cannot be told from one
+            prefix = f"FAXBRIDGE{secrets.token_hex(8)}R"
+        view = memoryview(raw)
+        pieces: list[bytes | memoryview] = []
+        at = 0
+        for i, (start, end) in enumerate(spans):
+            pieces += [view[at:start], f"{prefix}{i}Z".encode()]
+            at = end
+        pieces.append(view[at:])
+        return b"".join(pieces), cls(raw, spans, prefix)
+
+    def settle(self, msg: EmailMessage) -> None:
+        """Gives every part whose body held a token its text back, except attachments that
+        :func:`payload_bytes` decodes from the runs themselves."""
+        stack = [msg]
+        while stack:
+            part = stack.pop()
+            payload = part._payload  # the parser's own attribute: get_payload() may decode
+            if isinstance(payload, list):
+                stack.extend(payload)
+                continue
+            if not isinstance(payload, str) or self.prefix not in payload:
+                continue
+            if (str(part.get("content-transfer-encoding", "")).lower() == "base64"
+                    and _maintype(part) not in ("text", "message")):
+                part.__dict__["_faxbridge_stand_ins"] = self
+            else:
+                part.set_payload(self.expand(payload))
+
+    def expand(self, text: str) -> str:
+        return self.token.sub(lambda m: self._run(m).decode("ascii"), text)
+
+    def region(self, text: str) -> tuple[int, int] | None:
+        """Where ``text`` (a part's body with tokens) lies in the original mail, as
+        ``raw[start:end]``: a body is one stretch of the mail, so this is found unless the
+        parser changed the text around the runs; then None. Only the text between the runs
+        is compared, never the runs themselves."""
+        found = list(self.token.finditer(text))
+        if not found:
+            return None
+        head = text[:found[0].start()].encode("ascii", "surrogateescape")
+        start = self.spans[int(found[0].group(1))][0] - len(head)
+        if start < 0 or self.raw[start:start + len(head)] != head:
+            return None
+        for i, m in enumerate(found):
+            at = self.spans[int(m.group(1))][1]
+            following = found[i + 1] if i + 1 < len(found) else None
+            gap = text[m.end():following.start() if following else len(text)].encode(
+                "ascii", "surrogateescape")
+            if self.raw[at:at + len(gap)] != gap:
+                return None
+            end = at + len(gap)
+            if following is not None and self.spans[int(following.group(1))][0] != end:
+                return None
+        return start, end
+
+    def encoded(self, text: str) -> bytes:
+        """``text`` as bytes, with its runs back from the original mail."""
+        pieces: list[bytes | memoryview] = []
+        at = 0
+        for m in self.token.finditer(text):
+            pieces += [text[at:m.start()].encode("ascii", "surrogateescape"),
+                       memoryview(self.raw)[slice(*self.spans[int(m.group(1))])]]
+            at = m.end()
+        pieces.append(text[at:].encode("ascii", "surrogateescape"))
+        return b"".join(pieces)
+
+    def _run(self, m: re.Match[str]) -> bytes:
+        start, end = self.spans[int(m.group(1))]
+        return self.raw[start:end]
+
+
+def decode_base64(data: bytes, start: int = 0, end: int | None = None
+                  ) -> tuple[bytes, list[email_errors.MessageDefect]]:
+    """What ``EmailMessage.get_payload(decode=True)`` makes of the base64 body ``data[start:end]``,
+    defects included, without its copies: clean base64 (the usual case) is decoded in place."""
+    end = len(data) if end is None else end
+    lines = data.count(b"\r\n", start, end)
+    if (data.count(b"\r", start, end) == lines == data.count(b"\n", start, end)
+            and (end - start - 2 * lines) % 4 == 0):
+        other = _NOT_B64.search(data, start, end)  # a search: translate() would copy it all
+        tail = b"" if other is None else data[other.start():end].replace(b"\r\n", b"")
+        if tail in (b"", b"=", b"=="):
+            # Valid, and padded at the end only: a2b_base64 skips the CRLFs and gives what
+            # b64decode(validate=True) gives for the joined lines.
+            return binascii.a2b_base64(memoryview(data)[start:end]), []
+    return decode_b(b"".join(data[start:end].splitlines()))
+
+
+def payload_bytes(part: EmailMessage) -> bytes:
+    """A leaf part's decoded content (``get_payload(decode=True)``), also for a part whose base64
+    stands aside (:class:`StandIns`). Decoding defects are recorded on the part, as the stdlib
+    does."""
+    stand_ins: StandIns | None = part.__dict__.get("_faxbridge_stand_ins")
+    if stand_ins is None:
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else b""
+    text = str(part._payload)  # get_payload() would re-decode it
+    region = stand_ins.region(text)
+    if region is not None:
+        value, defects = decode_base64(stand_ins.raw, *region)  # straight from the mail's bytes
+    else:
+        value, defects = decode_base64(stand_ins.encoded(text))
+    for defect in defects:
+        part.policy.handle_defect(part, defect)
+    return value
 
 
 # --- headers ----------------------------------------------------------------------------------
@@ -348,15 +501,14 @@ def _document(part: EmailMessage, inherited: tuple[Exception, ...], index: int) 
         raise Refused(replies.UNSUPPORTED_ATTACHMENT.format(
             filename=shown if raw_name else f"(forwarded message {index})",
             detail=f"type {ctype}", accepted=ACCEPTED))
-    payload = part.get_payload(decode=True)
-    data = payload if isinstance(payload, bytes) else b""
+    data = payload_bytes(part)
     # Decoding records defects such as broken base64 on the part, so check after it. With
     # broken base64, get_payload even returns the undecoded text: never fax that.
     defects = (*inherited, *part.defects)
     if defects:
         raise Refused(replies.DAMAGED_ATTACHMENT.format(
             filename=shown, detail=_defect_text(defects[0])))
-    if not data.strip():
+    if not data or data.isspace():  # not strip(): that copies a 20 MB document
         raise Refused(replies.DAMAGED_ATTACHMENT.format(filename=shown, detail="it is empty"))
     doc_type = classify(shown, ctype, data)
     pages = None

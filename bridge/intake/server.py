@@ -35,6 +35,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from bridge import replies
 from bridge.config import Config
+from bridge.intake.data import DataAssembler, DataProblem
 from bridge.intake.handler import IntakeHandler
 from bridge.store import AsyncStore
 from bridge.users import Authenticator
@@ -118,6 +119,56 @@ class _Session(SMTP):
             super().connection_lost(error)
         finally:
             self._intake._release(self)
+
+    # --- DATA: read into one buffer (see bridge.intake.data) -------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's own checks and replies, in its order.
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = DataAssembler(self.data_size_limit, self.line_length_limit)
+        reader = self._reader
+        try:
+            # read() hands over everything buffered (up to the huge n), so when DATA ends the
+            # reader is empty and feed_data() can return the leftover in order.
+            while True:
+                chunk = await reader.read(1 << 30)
+                if not chunk:  # EOF: aiosmtpd's eof_received cancels this task as well
+                    self._writer.close()
+                    return
+                if data.feed(chunk):
+                    break
+        except asyncio.CancelledError:
+            log.info("intake_connection_lost", stage="DATA")
+            self._writer.close()
+            raise
+        if data.leftover:
+            with contextlib.suppress(AssertionError):  # the client closed after pipelining
+                reader.feed_data(data.leftover)
+        if data.problem is DataProblem.TOO_BIG:
+            await self.push(replies.TOO_BIG.format(limit=self.data_size_limit))
+            self._set_post_data_state()
+            return
+        if data.problem is DataProblem.LINE_TOO_LONG:
+            await self.push(replies.LINE_TOO_LONG.format(limit=self.line_length_limit - 2))
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = data.message
+        del data
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
