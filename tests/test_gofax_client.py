@@ -851,7 +851,37 @@ def test_the_fax_body_is_the_json_gofax_expects() -> None:
 
     documents = [('brief "A"\\ü.pdf', b"%PDF-1.4 \x00\xff"), ("b.txt", b"")]
     body = _fax_body({"SendTo": "61298765432", "Subject": 'Re: "x" — y'}, documents)
-    assert json.loads(body) == {
+    text = body.decode()
+    assert json.loads(text) == {
         "SendTo": "61298765432", "Subject": 'Re: "x" — y',
         "Documents": [{"Filename": name, "Data": base64.b64encode(data).decode()}
                       for name, data in documents]}
+    assert body.size == len(text.encode())
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [2], [3], [196_607, 196_608, 196_609], [500_001, 7]])
+async def test_the_fax_body_is_streamed_in_pieces_that_add_up(sizes: list[int]) -> None:
+    """Written piece by piece (never one base64 text of the whole document), the body is the
+    same JSON, exactly as long as the Content-Length it announced."""
+    from bridge.gofax.client import _FaxBody
+
+    class Writer:
+        def __init__(self) -> None:
+            self.pieces: list[bytes] = []
+
+        async def write(self, chunk: bytes) -> None:
+            self.pieces.append(bytes(chunk))
+
+    documents = [(f"d{i}.pdf", bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+                 for i, n in enumerate(sizes)]
+    body = _FaxBody({"SendTo": "61298765432"}, documents)
+    writer = Writer()
+    await body.write_with_length(writer, body.size)  # type: ignore[arg-type]
+    data = b"".join(writer.pieces)
+    assert len(data) == body.size
+    assert json.loads(data)["Documents"] == [
+        {"Filename": name, "Data": base64.b64encode(doc).decode()} for name, doc in documents]
+    assert max(map(len, writer.pieces)) <= 4 * 196_608 // 3 + 64  # one piece at a time
+    short = Writer()
+    await body.write_with_length(short, 10)  # type: ignore[arg-type]
+    assert b"".join(short.pieces) == data[:10]
