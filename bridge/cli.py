@@ -133,9 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(config: Config, _args: argparse.Namespace) -> int:
     from bridge import log
     from bridge.app import App
+    from bridge.malloc import release_big_blocks
     from bridge.users import UsersFileError
 
     log.setup(config.log.level, config.log.format)
+    release_big_blocks()
     try:
         asyncio.run(App(config).serve())
     except (OSError, UsersFileError) as exc:

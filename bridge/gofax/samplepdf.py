@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fpdf import FPDF
-
 
 def _latin1(text: str) -> str:
     # The PDF core fonts only cover Latin-1; a sample must never fail on an odd caller id.
@@ -20,6 +18,8 @@ def sample_pdf(
 ) -> bytes:
     """An A4 PDF of ``pages`` pages (at least 1), each with the title, ``lines`` and
     "Page n of N"."""
+    from fpdf import FPDF  # here: the daemon imports the simulator, rarely runs it
+
     pages = max(1, int(pages))
     pdf = FPDF(format="A4")
     pdf.set_creator("faxbridge GoFax simulator")

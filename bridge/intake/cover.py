@@ -19,8 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import jinja2
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
 
 from bridge.store import NewDocument
 
@@ -122,6 +120,11 @@ def _needs_unicode(text: str) -> bool:
 
 def text_to_pdf(text: str, *, title_lines: int = 1) -> tuple[bytes, int]:
     """Lays out text on A4 pages; the first ``title_lines`` are the title. → (PDF, pages)."""
+    # Imported here: fpdf2 (with Pillow and fontTools) is ~35 MB of memory that a daemon
+    # whose mails carry no text to put on a cover page never needs.
+    from fpdf import FPDF
+    from fpdf.enums import XPos, YPos
+
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_creator("faxbridge")
     pdf.set_auto_page_break(auto=True, margin=15)
