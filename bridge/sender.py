@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 # First status read soon after submission; later ones every status_poll_seconds.
 FIRST_POLL_SECONDS = 5.0
+# Status reads at once: they run beside submissions, so a status endpoint that hangs delays
+# other status reads, never a new fax.
+POLL_CONCURRENCY = 8
 ACCESS_CHECK_MAX_SECONDS = 900.0
 
 
@@ -64,6 +67,8 @@ class Sender:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(config.gofax.submit_concurrency)
         self._inflight: set[int] = set()
+        self._poll_slots = asyncio.Semaphore(POLL_CONCURRENCY)
+        self._polling: set[int] = set()
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -93,7 +98,9 @@ class Sender:
 
     async def _sleep(self) -> None:
         now = self.clock()
-        due = await self.store.next_due_at([State.QUEUED, State.SUBMITTED])
+        # Jobs being polled are still due until their poll ends (which wakes the loop).
+        due = await self.store.next_due_at([State.QUEUED, State.SUBMITTED],
+                                           exclude=sorted(self._polling))
         wait = 30.0 if due is None else max(0.05, min(30.0, due - now))
         if self.held:
             wait = max(0.05, min(wait, self._next_access_check - now))
@@ -121,9 +128,12 @@ class Sender:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         for job in await self.store.due_jobs(State.SUBMITTED, limit=50):
-            await self.poll(job)
-            if self.held:
-                break
+            if job.id in self._polling:
+                continue
+            self._polling.add(job.id)
+            task = asyncio.create_task(self._poll_slot(job))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
         if tasks is None and pending:
             await asyncio.gather(*pending)
 
@@ -162,6 +172,17 @@ class Sender:
             self._inflight.discard(job.id)
             # The job's next step (a retry, a first poll) was scheduled while the loop slept
             # on a due time that did not include it.
+            self.wake()
+
+    async def _poll_slot(self, job: Job) -> None:
+        try:
+            async with self._poll_slots:
+                if not self.held:  # a 401 while this one waited: the access check comes first
+                    await self.poll(job)
+        except Exception:
+            log.exception("job_poll_failed", job=job.id)
+        finally:
+            self._polling.discard(job.id)
             self.wake()
 
     # --- submission ------------------------------------------------------------------------

@@ -406,10 +406,13 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY j.next_attempt_at, j.id LIMIT ?", (*args, limit))
         return [_job(r) for r in rows]
 
-    def next_due_at(self, states: Sequence[State]) -> float | None:
-        row = self.db.execute(
-            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({','.join('?' * len(states))})",
-            list(states)).fetchone()
+    def next_due_at(self, states: Sequence[State], *, exclude: Sequence[int] = ()) -> float | None:
+        """The earliest due time of a job in ``states``, leaving out the jobs ``exclude`` (those
+        the sender is working on already)."""
+        sql = f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({','.join('?' * len(states))})"
+        if exclude:
+            sql += f" AND id NOT IN ({','.join('?' * len(exclude))})"
+        row = self.db.execute(sql, [*states, *exclude]).fetchone()
         return row[0]
 
     def documents(self, mail_id: int) -> list[Document]:

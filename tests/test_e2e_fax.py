@@ -179,6 +179,24 @@ async def test_a_lost_answer_makes_the_job_uncertain_and_it_is_not_resent(
     assert len(puts) == 1
 
 
+async def test_status_reads_that_hang_do_not_hold_back_a_new_fax(
+        tmp_path: Path, sink: SmtpSink, daemons: list[Daemon]) -> None:
+    """Status reads run beside submissions. Here every read hangs until the 2 s timeout: read
+    one after another, four of them would keep the next fax from GoFax for 8 s."""
+    d = await start(tmp_path, sink, gofax={"sandbox_fax_seconds": 60})
+    daemons.append(d)
+    for i in range(4):
+        await d.send(fax_mail(message_id=f"<wait{i}@example.com>"))
+    await until(lambda: [j.state for j in d.jobs()] == [State.SUBMITTED] * 4)
+    d.sim.inject("GET /v1.0/SendFax/*", "delay", delay_seconds=30, times=None)
+    await until(lambda: sum(r.method == "GET" for r in d.sim.requests) >= 4, timeout=3)
+    await d.send(fax_mail(message_id="<new@example.com>"))
+    await until(lambda: len(fax_puts(d)) == 5, timeout=1.5,
+                why=lambda: "the new fax waited for the status reads")
+    assert d.job(5).state in (State.SUBMITTING, State.SUBMITTED)
+    d.sim.clear_faults()
+
+
 async def test_an_expired_token_holds_jobs_and_they_go_when_it_works(daemon: Daemon) -> None:
     good = daemon.sim.token
     daemon.sim.token = "expired-token"

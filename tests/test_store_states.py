@@ -149,3 +149,24 @@ def test_document_info_lists_without_the_bytes(store: Store) -> None:
     result = store.accept(mail("k1"))
     [info] = store.document_info(result.mail_id)
     assert (info.filename, info.pages, info.data) == ("a.pdf", 2, b"")
+
+
+def test_documents_of_every_size_come_back_byte_exact(store: Store) -> None:
+    """Written and read through blob handles: empty, small, and bigger than many pages."""
+    docs = [NewDocument(f"d{i}.pdf", "application/pdf", bytes([i]) * n, 1)
+            for i, n in enumerate([0, 1, 4095, 4096, 4097, 3_000_001])]
+    result = store.accept(NewMail("alice@example.com", "", "<big@x>", "", True,
+                                  [NewJob("fax", "61298765432", "big")], docs))
+    back = store.documents(result.mail_id)
+    assert [(d.seq, d.filename, d.data) for d in back] == [
+        (i, d.filename, d.data) for i, d in enumerate(docs)]
+    assert all(isinstance(d.data, bytes) for d in back)
+
+
+def test_next_due_at_leaves_out_the_jobs_being_worked_on(store: Store) -> None:
+    first, second = store.accept(mail("k1", "k2")).job_ids
+    store.update_job(second, State.QUEUED, next_attempt_at=5000.0)
+    store.update_job(first, State.QUEUED, next_attempt_at=1000.0)
+    assert store.next_due_at([State.QUEUED]) == 1000.0
+    assert store.next_due_at([State.QUEUED], exclude=[first]) == 5000.0
+    assert store.next_due_at([State.QUEUED], exclude=[first, second]) is None
