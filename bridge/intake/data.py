@@ -73,22 +73,37 @@ class DataAssembler:
         return False
 
     def _check(self, end: int) -> None:
+        """Checks the lines completed by the last chunk, in order, as aiosmtpd meets them: so
+        the reply does not depend on how the network cut the data into reads."""
         buf = self._buf
-        # Data counted as aiosmtpd counts it: every line before the "." line, CRLF included.
-        data_bytes = end if end >= 0 else len(buf) - 4
-        if self.size_limit is not None and data_bytes > self.size_limit:
-            self.problem = DataProblem.TOO_BIG
-            return
         upto = end + 2 if end >= 0 else buf.rfind(b"\r\n", self._checked - 2) + 2
         if upto > self._checked:
-            longest = max(map(len, bytes(buf[self._checked:upto]).split(b"\r\n")))
-            if longest + 2 > self.line_limit:
-                self.problem = DataProblem.LINE_TOO_LONG
-                return
+            fine = upto - 2 <= (self.size_limit or upto)  # data bytes so far, as aiosmtpd counts
+            if fine:
+                region = bytes(buf[self._checked:upto])
+                fine = max(map(len, region.split(b"\r\n"))) + 2 <= self.line_limit
+            if not fine:  # the rare case: find which limit the stream crossed first
+                self.problem = self._first_problem(bytes(buf[self._checked:upto]),
+                                                   self._checked - 2)
+                if self.problem is not None:
+                    return
             self._checked = upto
         # The line still arriving: too long already once it cannot end in time.
-        if end < 0 and len(buf) - self._checked > self.line_limit - 1:
+        if end < 0 and len(buf) - self._checked - 1 > self.line_limit:
             self.problem = DataProblem.LINE_TOO_LONG
+
+    def _first_problem(self, region: bytes, counted: int) -> DataProblem | None:
+        """aiosmtpd's order for each line: its stream reader refuses a line whose CRLF starts
+        beyond ``line_limit``; a shorter line is counted first, then checked for length."""
+        for line in region.split(b"\r\n")[:-1]:
+            if len(line) > self.line_limit:
+                return DataProblem.LINE_TOO_LONG
+            counted += len(line) + 2
+            if self.size_limit is not None and counted > self.size_limit:
+                return DataProblem.TOO_BIG
+            if len(line) + 2 > self.line_limit:
+                return DataProblem.LINE_TOO_LONG
+        return None
 
     def _finish(self, end: int) -> bytearray:
         buf = self._buf

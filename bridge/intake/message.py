@@ -169,6 +169,10 @@ class StandIns:
     runs aside it parses a few KB. Afterwards (:meth:`settle`) a part that will be decoded as an
     attachment (base64, not text) keeps its tokens and is decoded by :func:`payload_bytes` from
     the original bytes; every other part gets its text back, exactly as the parser had it.
+
+    So for such a part only :func:`payload_bytes` gives the content: ``get_payload()``,
+    ``get_content()`` and ``as_bytes()`` would see the token. ``tests/test_intake_standins.py``
+    compares everything else with the stdlib's own parse.
     """
 
     def __init__(self, raw: bytes, spans: list[tuple[int, int]], prefix: str) -> None:
@@ -204,6 +208,11 @@ class StandIns:
             payload = part._payload  # the parser's own attribute: get_payload() may decode
             if isinstance(payload, list):
                 stack.extend(payload)
+                # Nobody reads them, but a parsed mail should still be the mail as written.
+                for side in ("preamble", "epilogue"):
+                    text = getattr(part, side)
+                    if isinstance(text, str) and self.prefix in text:
+                        setattr(part, side, self.expand(text))
                 continue
             if not isinstance(payload, str) or self.prefix not in payload:
                 continue
