@@ -225,11 +225,12 @@ class StandIns:
     def expand(self, text: str) -> str:
         return self.token.sub(lambda m: self._run(m).decode("ascii"), text)
 
-    def region(self, text: str) -> tuple[int, int] | None:
+    def region(self, text: str) -> tuple[int, int, bool] | None:
         """Where ``text`` (a part's body with tokens) lies in the original mail, as
-        ``raw[start:end]``: a body is one stretch of the mail, so this is found unless the
-        parser changed the text around the runs; then None. Only the text between the runs
-        is compared, never the runs themselves."""
+        ``raw[start:end]``, and whether that is clean base64 (CRLF line ends, padding only at the
+        end, whole quanta). A body is one stretch of the mail, so this is found unless the
+        parser changed the text around the runs; then None. Only the text between the runs is
+        looked at: the runs themselves were matched as clean lines."""
         found = list(self.token.finditer(text))
         if not found:
             return None
@@ -237,17 +238,29 @@ class StandIns:
         start = self.spans[int(found[0].group(1))][0] - len(head)
         if start < 0 or self.raw[start:start + len(head)] != head:
             return None
+        gaps = [head]
+        quanta = 0  # base64 characters in the runs
         for i, m in enumerate(found):
-            at = self.spans[int(m.group(1))][1]
+            run_start, at = self.spans[int(m.group(1))]
+            quanta += at - run_start - 2 * self.raw.count(b"\r\n", run_start, at)
             following = found[i + 1] if i + 1 < len(found) else None
             gap = text[m.end():following.start() if following else len(text)].encode(
                 "ascii", "surrogateescape")
             if self.raw[at:at + len(gap)] != gap:
                 return None
+            gaps.append(gap)
             end = at + len(gap)
             if following is not None and self.spans[int(following.group(1))][0] != end:
                 return None
-        return start, end
+        clean = True
+        for i, gap in enumerate(gaps):
+            lines = gap.count(b"\r\n")
+            quanta += len(gap) - 2 * lines
+            other = _NOT_B64.search(gap)
+            clean = (clean and gap.count(b"\r") == lines == gap.count(b"\n")
+                     and (other is None or (i == len(gaps) - 1 and gap[other.start():].replace(
+                         b"\r\n", b"") in (b"=", b"=="))))
+        return start, end, clean and quanta % 4 == 0
 
     def encoded(self, text: str) -> bytes:
         """``text`` as bytes, with its runs back from the original mail."""
@@ -292,8 +305,11 @@ def payload_bytes(part: EmailMessage) -> bytes:
         return payload if isinstance(payload, bytes) else b""
     text = str(part._payload)  # get_payload() would re-decode it
     region = stand_ins.region(text)
+    if region is not None and region[2]:
+        # Clean: straight from the mail's bytes, as b64decode(validate=True) would.
+        return binascii.a2b_base64(memoryview(stand_ins.raw)[region[0]:region[1]])
     if region is not None:
-        value, defects = decode_base64(stand_ins.raw, *region)  # straight from the mail's bytes
+        value, defects = decode_base64(stand_ins.raw, region[0], region[1])
     else:
         value, defects = decode_base64(stand_ins.encoded(text))
     for defect in defects:
@@ -310,16 +326,25 @@ def _one_line(value: object, limit: int) -> str:
     return text[:limit]
 
 
+def _get(msg: EmailMessage, name: str) -> object:
+    """``msg.get(name)``, parsed once: EmailMessage parses a header again on every get, and
+    From:, Date: and Auto-Submitted: are each read several times."""
+    cache: dict[str, object] = msg.__dict__.setdefault("_faxbridge_headers", {})
+    if name not in cache:
+        cache[name] = msg.get(name, "")
+    return cache[name]
+
+
 def _header(msg: EmailMessage, name: str, limit: int = 998) -> str:
     try:
-        return _one_line(msg.get(name, ""), limit)
+        return _one_line(_get(msg, name), limit)
     except Exception:  # a malformed header must not fail the mail; it is just unreadable
         return ""
 
 
 def _from_addresses(msg: EmailMessage) -> tuple[str, ...]:
     try:
-        header = msg.get("from")
+        header = _get(msg, "from")
         return tuple(a.addr_spec for a in getattr(header, "addresses", ()) if a.addr_spec)
     except Exception:
         return ()
