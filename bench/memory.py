@@ -272,7 +272,7 @@ async def trace(size: int = 20 * MB) -> str:
                              functools.partial(store.accept, mail))
             del mail
             store.move(accepted.job_ids[0], State.QUEUED, State.SUBMITTING)
-            documents = _step(steps, "sender: Store.documents (the BLOB, again for the notice)",
+            documents = _step(steps, "sender: Store.documents (through a blob handle)",
                               lambda: store.documents(accepted.mail_id))
             store.close()
         await _client_put([(d.filename, d.data) for d in documents], steps)
