@@ -22,7 +22,7 @@ import dataclasses
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -120,20 +120,10 @@ class Sender:
         pending = tasks if tasks is not None else set()
         free = self.config.gofax.submit_concurrency - len(self._inflight)
         if free > 0:
-            for job in await self.store.due_jobs(State.QUEUED, limit=free):
-                if job.id in self._inflight:
-                    continue
-                self._inflight.add(job.id)
-                task = asyncio.create_task(self._submit_slot(job))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-        for job in await self.store.due_jobs(State.SUBMITTED, limit=50):
-            if job.id in self._polling:
-                continue
-            self._polling.add(job.id)
-            task = asyncio.create_task(self._poll_slot(job))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            _start(await self.store.due_jobs(State.QUEUED, limit=free), self._inflight,
+                   self._submit_slot, pending)
+        _start(await self.store.due_jobs(State.SUBMITTED, limit=50), self._polling,
+               self._poll_slot, pending)
         if tasks is None and pending:
             await asyncio.gather(*pending)
 
@@ -394,6 +384,19 @@ class Sender:
         if job.kind != "fax":
             return []
         return list(await self.store.document_info(job.mail_id))
+
+
+def _start(jobs: list[Job], busy: set[int], work: Callable[[Job], Coroutine[Any, Any, None]],
+           tasks: set[asyncio.Task[None]]) -> None:
+    """A task of ``work`` for each job not ``busy`` already; the task's ``work`` takes the job
+    out of ``busy`` when it ends."""
+    for job in jobs:
+        if job.id in busy:
+            continue
+        busy.add(job.id)
+        task = asyncio.create_task(work(job))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
 def _permanent_text(exc: Permanent) -> str:
