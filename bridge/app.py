@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from bridge.config import Config
 from bridge.gofax.client import GoFaxClient
-from bridge.gofax.simulator import GoFaxSimulator
 from bridge.intake.server import SmtpIntake
 from bridge.notices import Notices
 from bridge.outbox import Outbox, make_transport
@@ -22,6 +21,9 @@ from bridge.sender import Sender
 from bridge.states import State
 from bridge.store import AsyncStore
 from bridge.web import FAX_RECEIVED_PATH, FAX_SENT_PATH, SMS_SENT_PATH, make_app
+
+if TYPE_CHECKING:
+    from bridge.gofax.simulator import GoFaxSimulator
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +98,9 @@ class App:
         self._announce()
 
     async def _start_simulator(self) -> tuple[str, str]:
+        # Imported here: a daemon that talks to the real GoFax never loads the simulator.
+        from bridge.gofax.simulator import GoFaxSimulator
+
         cfg = self.config
         auth = ((cfg.web.webhook_user, cfg.web.webhook_password)
                 if cfg.web.webhook_user else None)
