@@ -86,12 +86,13 @@ class Daemon:
         return await self.sink.wait_for(count, timeout)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10,
-                why: Callable[[], str] = lambda: "condition") -> None:
+async def until(predicate: Callable[[], Any], timeout: float = 10,
+                why: str | Callable[[], str] = "condition") -> None:
+    """Waits until ``predicate()`` is true; fails after ``timeout`` seconds, saying ``why``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {why()}")
+            raise AssertionError(f"timed out waiting: {why if isinstance(why, str) else why()}")
         await asyncio.sleep(0.02)
 
 

@@ -18,6 +18,8 @@ import aiohttp
 import pypdf
 import pytest
 from aiohttp import web
+from conftest import SIM_TOKEN
+from daemon import until
 
 from bridge.gofax import models
 from bridge.gofax.client import GoFaxClient, parse_retry_after
@@ -27,20 +29,11 @@ from bridge.gofax.simulator import GoFaxSimulator, RedactingAccessLogger
 from bridge.redact import redact, register_secret
 
 NUMBER = "61298765432"
-SIM_TOKEN = "0b3f-SECRET-TOKEN-7d21"  # the token the conftest simulator fixtures use
 
 
 def client_for(sim: GoFaxSimulator, *, timeout: float = 2, **kw: Any) -> GoFaxClient:
     assert sim.base_url
     return GoFaxClient(sim.base_url, sim.token, timeout_seconds=timeout, **kw)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def closed_port() -> int:
@@ -633,7 +626,7 @@ async def test_timeout_on_a_submission_is_uncertain_and_the_fax_exists(
         with pytest.raises(Uncertain) as caught:
             await gofax.send_fax(NUMBER, [("a.pdf", b"x")])
     assert "did not answer PUT /v1.0/SendFax within 0.3 s" in str(caught.value)
-    await eventually(lambda: len(simulator.faxes) == 1)
+    await until(lambda: len(simulator.faxes) == 1)
 
 
 async def test_timeout_on_a_read_is_transient(simulator: GoFaxSimulator) -> None:
@@ -847,10 +840,10 @@ def test_redact_given_and_registered_secrets() -> None:
 
 
 def test_the_fax_body_is_the_json_gofax_expects() -> None:
-    from bridge.gofax.client import _fax_body
+    from bridge.gofax.client import _FaxBody
 
     documents = [('brief "A"\\ü.pdf', b"%PDF-1.4 \x00\xff"), ("b.txt", b"")]
-    body = _fax_body({"SendTo": "61298765432", "Subject": 'Re: "x" — y'}, documents)
+    body = _FaxBody({"SendTo": "61298765432", "Subject": 'Re: "x" — y'}, documents)
     text = body.decode()
     assert json.loads(text) == {
         "SendTo": "61298765432", "Subject": 'Re: "x" — y',

@@ -10,11 +10,12 @@ import email
 import email.policy
 import io
 import zoneinfo
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from daemon import until
 from smtp_sink import SmtpSink  # tests/ is on sys.path
 from structlog.testing import capture_logs
 
@@ -123,15 +124,6 @@ def local_stamp(sim: GoFaxSimulator, fax_id: int) -> str:
     return received.astimezone(zoneinfo.ZoneInfo("Australia/Sydney")).strftime("%Y%m%d-%H%M")
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 @contextlib.asynccontextmanager
 async def running(*coros: Any) -> AsyncIterator[list[asyncio.Task[Any]]]:
     tasks = [asyncio.create_task(c) for c in coros]
@@ -216,7 +208,7 @@ async def test_a_tiff_document_is_accepted(rig: Rig) -> None:
 async def test_wake_picks_a_fax_up_long_before_the_poll_interval(rig: Rig) -> None:
     receiver = rig.new_receiver(poll_seconds=60)
     async with running(receiver.run(), rig.outbox.run()):
-        await eventually(lambda: any(r.path.endswith("UnretrievedFaxes") for r in rig.sim.requests))
+        await until(lambda: any(r.path.endswith("UnretrievedFaxes") for r in rig.sim.requests))
         await asyncio.sleep(0.1)  # the first pass is over; the next poll is a minute away
         rig.sim.receive_fax(to_number=RECEPTION)
         receiver.wake()  # what the fax-received webhook does
@@ -340,7 +332,7 @@ async def test_the_loop_survives_failures_and_delivers(rig: Rig) -> None:
     rig.sim.inject("GET /v1.0/SMS/Replies/*", "drop", times=2)
     async with running(rig.receiver.run(), rig.outbox.run()):
         await rig.sink.wait_for(1, timeout=5)
-        await eventually(lambda: rig.receiver.healthy)
+        await until(lambda: rig.receiver.healthy)
 
 
 async def test_download_failing_repeatedly_parks_and_alerts_once(rig: Rig) -> None:

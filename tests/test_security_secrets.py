@@ -23,7 +23,6 @@ import smtplib
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -32,6 +31,7 @@ import aiohttp
 import pytest
 import test_security_auth
 from conftest import SimulatorFactory
+from daemon import until
 from smtp_sink import SmtpSink
 from test_intake_message import make_mail, make_pdf
 from test_security_auth import client_tls, write_users
@@ -92,14 +92,6 @@ class Daemon:
                 self.proc.kill()
                 await self.proc.wait()
         await asyncio.gather(*self._readers)
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def run_cli(args: list[str], env: dict[str, str]) -> str:

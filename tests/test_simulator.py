@@ -9,13 +9,14 @@ import hashlib
 import io
 import json as json_module
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pypdf
 import pytest
 from aiohttp import web
+from daemon import until
 
 from bridge.gofax.client import GoFaxClient
 from bridge.gofax.samplepdf import sample_pdf
@@ -38,14 +39,6 @@ def b64(data: bytes) -> str:
 
 def fax_body(**overrides: Any) -> dict[str, Any]:
     return {"SendTo": NUMBER, "Documents": [{"Filename": "a.pdf", "Data": b64(PDF)}], **overrides}
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -407,7 +400,7 @@ async def test_webhooks_fire_form_encoded_with_basic_auth(
         sms = (await gofax.send_sms(["61412345678"], "ACME", "hi")).id
     received = sim.receive_fax(from_number="61733334444", pages=2)
     # The background task delivers them without any poll.
-    await eventually(lambda: len(catcher.calls) == 4)
+    await until(lambda: len(catcher.calls) == 4)
 
     by_path: dict[str, list[dict[str, Any]]] = {}
     for call in catcher.calls:
@@ -466,12 +459,12 @@ async def test_suppressed_and_duplicated_webhooks(
     sim = await simulator_factory(webhooks=webhook_config(base))
     sim.suppress_webhooks = True
     sim.receive_fax()
-    await eventually(lambda: len(sim.webhook_attempts) == 1)
+    await until(lambda: len(sim.webhook_attempts) == 1)
     assert catcher.calls == [] and "suppressed" in (sim.webhook_attempts[0].error or "")
 
     sim.suppress_webhooks, sim.duplicate_webhooks = False, True
     fax_id = sim.receive_fax()
-    await eventually(lambda: len(catcher.calls) == 2)
+    await until(lambda: len(catcher.calls) == 2)
     assert [c["form"]["ID"] for c in catcher.calls] == [str(fax_id)] * 2
 
 
@@ -483,7 +476,7 @@ async def test_callback_url_replaces_account_webhook_and_keeps_query(
     sim = await simulator_factory(webhooks=webhook_config(base), webhook_auth=("u", "p"))
     async with GoFaxClient(sim.base_url, sim.token) as gofax:
         fax_id = (await gofax.send_fax(NUMBER, [("a.pdf", PDF)], callback_url=f"{base}/job?job=42")).id
-    await eventually(lambda: len(catcher.calls) == 1)
+    await until(lambda: len(catcher.calls) == 1)
     call = catcher.calls[0]
     assert call["path"] == "/job" and call["authorization"] is None
     assert call["query"]["job"] == "42" and call["query"]["ID"] == str(fax_id)
@@ -504,7 +497,7 @@ async def test_failed_webhook_is_logged_and_ignored(
     sim.receive_fax()
     async with GoFaxClient(sim.base_url, sim.token) as gofax:
         await gofax.send_fax(NUMBER, [("a.pdf", PDF)])
-    await eventually(lambda: len(sim.webhook_attempts) == 2)
+    await until(lambda: len(sim.webhook_attempts) == 2)
     statuses = {a.event: (a.status, a.error) for a in sim.webhook_attempts}
     assert statuses["fax_received"] == (500, None)
     assert statuses["fax_sent"][0] is None and "ClientConnectorError" in statuses["fax_sent"][1]
