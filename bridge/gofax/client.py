@@ -385,7 +385,7 @@ class GoFaxClient:
         fields: dict[str, Any] = {"SendTo": send_to}
         _put_optional(fields, Subject=subject, ClientReference=client_reference, CallbackURL=callback_url)
         call = _Call("PUT", "/v1.0/SendFax", submission=True, what="the fax")
-        return await self._read(call, models.parse_send_fax, _fax_body(fields, documents))
+        return await self._read(call, models.parse_send_fax, _FaxBody(fields, documents))
 
     async def get_fax_status(self, fax_id: int) -> models.FaxStatus:
         """``GET /v1.0/SendFax/{id}``."""
@@ -528,10 +528,6 @@ class _FaxBody(aiohttp.payload.Payload):
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return b"".join(self._pieces()).decode(encoding, errors)
-
-
-def _fax_body(fields: dict[str, Any], documents: Sequence[tuple[str, bytes]]) -> _FaxBody:
-    return _FaxBody(fields, documents)
 
 
 def _put_optional(body: dict[str, Any], **fields: str | None) -> None:
